@@ -1,0 +1,1 @@
+"""fedmtl client: the Flower ClientApp that trains a task group's model on private local data."""

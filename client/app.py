@@ -1,0 +1,128 @@
+"""The fedmtl ClientApp: answers `query`, `train` and `evaluate` messages from the coordinator.
+
+Everything a client needs to know (suite, which tasks of which group to train, local epochs,
+learning rate, seeds) arrives in the message config, so the same code serves Flower's
+simulation engine and real SuperNodes.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.data import client_name, local_tasks
+from client.faults import apply_fault
+from client.training import TrainConfig, evaluate_multitask, resolve_device, train_multitask
+from tasks import protocol as P
+from tasks.registry import load_suite
+
+app = ClientApp()
+
+# One process trains with a bounded number of threads: several simulated clients share a machine.
+if torch.get_num_threads() > 4:
+    torch.set_num_threads(4)
+
+
+def _config(msg: Message) -> dict:
+    return dict(msg.content[P.CONFIG])
+
+
+def _data(context: Context, cfg: dict):
+    return local_tasks(dict(context.node_config), str(cfg["suite"]), int(cfg.get("data-seed", 0)), str(cfg.get("data-root", "")))
+
+
+def _model(msg: Message, cfg: dict, tasks: list[str]):
+    """Rebuild the group's model for `tasks` and load the weights the coordinator sent."""
+    model = load_suite(str(cfg["suite"])).build_model(tasks)
+    state = msg.content[P.MODEL].to_torch_state_dict()
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _node_seed(cfg: dict, context: Context) -> int:
+    """A seed unique to (run seed, round, group, client) so clients do not draw identical batches."""
+    # The client's name, not its node id: node ids change when a run is resumed, names do not.
+    key = f"{cfg.get('seed', 0)}/{cfg.get('round', 0)}/{cfg.get('group', 0)}/{client_name(dict(context.node_config))}"
+    return zlib.crc32(key.encode())
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Report which tasks this client holds and how many examples each has (never the data)."""
+    cfg = _config(msg)
+    data = _data(context, cfg)
+    names = sorted(data)
+    info = ConfigRecord(
+        {
+            "name": client_name(dict(context.node_config)),
+            "device": str(resolve_device(str(cfg.get("device", "auto")))),
+            "tasks": names,
+            "train-examples": [data[t].num_train for t in names],
+            "test-examples": [data[t].num_test for t in names],
+        }
+    )
+    return Message(RecordDict({P.INFO: info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Fine-tune the received group model on the tasks of the group this client holds."""
+    cfg = _config(msg)
+    data = _data(context, cfg)
+    tasks = [t for t in cfg["tasks"] if t in data]
+    if not tasks:
+        raise ValueError(f"asked to train tasks {list(cfg['tasks'])} but this client holds {sorted(data)}")
+    model = _model(msg, cfg, tasks)
+    reference = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    train_cfg = TrainConfig(
+        local_epochs=int(cfg.get("local-epochs", 1)),
+        local_steps=int(cfg.get("local-steps", 0)),
+        batch_size=int(cfg.get("batch-size", 32)),
+        lr=float(cfg.get("lr", 0.05)),
+        momentum=float(cfg.get("momentum", 0.9)),
+        seed=_node_seed(cfg, context),
+        affinity_every=int(cfg.get("affinity-every", 0)),
+        device=str(cfg.get("device", "auto")),
+    )
+    result = train_multitask(model, data, tasks, train_cfg)
+    metrics: dict[str, float | int | list[float] | list[int]] = {
+        P.TRAIN_SECONDS: result.train_seconds,
+        P.AFFINITY_SECONDS: result.affinity_seconds,
+        P.STEPS: result.steps,
+    }
+    for t in tasks:
+        metrics[P.task_key(P.EXAMPLES, t)] = result.examples[t]
+        metrics[P.task_key(P.LOSS, t)] = result.mean_loss[t]
+    for signal, stats in (("lookahead", result.lookahead), ("cosine", result.cosine)):
+        if stats is not None:
+            metrics.update(stats.to_metrics(signal))
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state, metrics = apply_fault(cfg, context, state, reference, metrics)
+    content = RecordDict(
+        {
+            P.MODEL: ArrayRecord(state),
+            P.METRICS: MetricRecord(metrics),
+            P.CONFIG: ConfigRecord({"tasks": tasks, "group": int(cfg.get("group", 0))}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Per-task accuracy and loss of the received model on this client's own test split."""
+    cfg = _config(msg)
+    data = _data(context, cfg)
+    tasks = [t for t in cfg["tasks"] if t in data]
+    model = _model(msg, cfg, tasks)
+    started = time.perf_counter()
+    results = evaluate_multitask(model, data, tasks, device=str(cfg.get("device", "auto")))
+    metrics: dict[str, float] = {"eval-seconds": time.perf_counter() - started}
+    for t, r in results.items():
+        for name, value in r.items():
+            metrics[P.task_key(name, t)] = value
+    return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)

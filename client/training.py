@@ -1,0 +1,161 @@
+"""Local multi-task training and evaluation: plain torch, no Flower.
+
+One step draws a batch from every task the client holds in the group and minimises the SUM of
+the task losses (MAS's all-in-one objective). Every `affinity_every` steps it also measures TAG
+lookahead affinity and gradient cosine between those tasks on the same batches, timed
+separately so the coordinator can report what the measurement cost.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from strategies.affinity import AffinityStats, gradient_cosine, lookahead_affinity
+from tasks.models import MultiTaskModel
+from tasks.suite import TaskData
+
+
+@dataclass
+class TrainConfig:
+    """How a client trains one group for one round (sent by the coordinator in the message config)."""
+
+    local_epochs: int = 1
+    local_steps: int = 0  # > 0 overrides epochs: exactly this many multi-task steps
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    affinity_every: int = 0  # 0 = do not measure affinity
+    device: str = "cpu"
+
+
+@dataclass
+class TrainResult:
+    """What local training produced, besides the updated weights."""
+
+    examples: dict[str, int]
+    mean_loss: dict[str, float]
+    steps: int
+    train_seconds: float
+    affinity_seconds: float = 0.0
+    lookahead: AffinityStats | None = None
+    cosine: AffinityStats | None = None
+    first_loss: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class _TaskStream:
+    """Endless shuffled mini-batches of one task's training data, already on the device."""
+
+    def __init__(self, data: TaskData, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
+        self.x = torch.as_tensor(data.x_train, dtype=torch.float32, device=device)
+        self.y = torch.as_tensor(data.y_train, dtype=torch.long, device=device)
+        self.batch_size = min(batch_size, len(self.y))
+        self.generator = generator
+        self._order = torch.empty(0, dtype=torch.long)
+        self._pos = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pos + self.batch_size > len(self._order):
+            self._order = torch.randperm(len(self.y), generator=self.generator)
+            self._pos = 0
+        idx = self._order[self._pos : self._pos + self.batch_size].to(self.x.device)
+        self._pos += self.batch_size
+        return self.x[idx], self.y[idx]
+
+
+def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: list[str], cfg: TrainConfig) -> TrainResult:
+    """Fine-tune `model` in place on `tasks` (each must be in `data` and have a head)."""
+    if not tasks:
+        raise ValueError("train_multitask needs at least one task")
+    missing = [t for t in tasks if t not in data or t not in model.heads]
+    if missing:
+        raise ValueError(f"tasks {missing} have no local data or no head in the received model")
+    device = resolve_device(cfg.device)
+    model.to(device).train()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    streams = {t: _TaskStream(data[t], cfg.batch_size, generator, device) for t in tasks}
+    steps = cfg.local_steps if cfg.local_steps > 0 else cfg.local_epochs * max(s.batches_per_epoch for s in streams.values())
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    measure = cfg.affinity_every > 0 and len(tasks) >= 2
+    lookahead = AffinityStats.empty(tasks) if measure else None
+    cosine = AffinityStats.empty(tasks) if measure else None
+    loss_sums = {t: 0.0 for t in tasks}
+    first_loss: dict[str, float] = {}
+    affinity_seconds = 0.0
+    start = time.perf_counter()
+    for step in range(steps):
+        batches = {t: streams[t].next() for t in tasks}
+        if measure and step % cfg.affinity_every == 0:
+            t0 = time.perf_counter()
+            lookahead.add(lookahead_affinity(model, batches, lr=cfg.lr))
+            cosine.add(gradient_cosine(model, batches))
+            affinity_seconds += time.perf_counter() - t0
+        optimizer.zero_grad(set_to_none=True)
+        losses = {t: F.cross_entropy(model(x, t), y) for t, (x, y) in batches.items()}
+        total = torch.stack(list(losses.values())).sum()
+        total.backward()
+        optimizer.step()
+        for t, loss in losses.items():
+            value = float(loss.detach())
+            loss_sums[t] += value
+            first_loss.setdefault(t, value)
+    elapsed = time.perf_counter() - start
+    return TrainResult(
+        examples={t: data[t].num_train for t in tasks},
+        mean_loss={t: loss_sums[t] / max(steps, 1) for t in tasks},
+        steps=steps,
+        train_seconds=elapsed - affinity_seconds,
+        affinity_seconds=affinity_seconds,
+        lookahead=lookahead,
+        cosine=cosine,
+        first_loss=first_loss,
+    )
+
+
+@torch.no_grad()
+def evaluate_multitask(
+    model: MultiTaskModel, data: dict[str, TaskData], tasks: list[str], batch_size: int = 256, device: str = "cpu"
+) -> dict[str, dict[str, float]]:
+    """Accuracy, mean loss and example count of each task on the client's own test split."""
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    results: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        d = data[task]
+        correct, loss_sum, n = 0, 0.0, d.num_test
+        for i in range(0, n, batch_size):
+            x = torch.as_tensor(d.x_test[i : i + batch_size], dtype=torch.float32, device=dev)
+            y = torch.as_tensor(d.y_test[i : i + batch_size], dtype=torch.long, device=dev)
+            logits = model(x, task)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+        results[task] = {
+            "accuracy": correct / n if n else float("nan"),
+            "loss": loss_sum / n if n else float("nan"),
+            "examples": float(n),
+        }
+    return results
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy so a client's round is reproducible for a given (seed, round, node)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))

@@ -1,0 +1,1 @@
+"""One module per `fedmtl` subcommand, each with `register(subparsers)` setting `func`."""

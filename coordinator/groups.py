@@ -1,0 +1,42 @@
+"""Creating, splitting and merging task groups (the weights side of merge-and-split)."""
+
+from __future__ import annotations
+
+import torch
+
+from coordinator.state import TaskGroup
+from strategies.fusion import fuse_states
+from tasks.models import split_state
+from tasks.suite import Suite
+
+
+def initial_model(suite: Suite, seed: int) -> tuple[dict, dict]:
+    """(body, heads) of a freshly initialised model with every task's head, deterministic in seed."""
+    model = suite.build_model(seed=seed)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return split_state(state)
+
+
+def split_groups(body: dict, heads: dict, grouping: list[list[str]], first_gid: int) -> list[TaskGroup]:
+    """One group per task set, each starting from the shared body and its tasks' heads (MAS)."""
+    return [
+        TaskGroup(
+            gid=first_gid + i,
+            tasks=list(tasks),
+            body={k: v.clone() for k, v in body.items()},
+            heads={t: {k: v.clone() for k, v in heads[t].items()} for t in tasks},
+        )
+        for i, tasks in enumerate(grouping)
+    ]
+
+
+def merge_groups(groups: list[TaskGroup], gid: int, task_order: list[str]) -> TaskGroup:
+    """Fuse group bodies into one, weighted by how many tasks each group carries; heads are kept."""
+    body = fuse_states([g.body for g in groups], [float(len(g.tasks)) for g in groups])
+    heads = {t: h for g in groups for t, h in g.heads.items()}
+    tasks = [t for t in task_order if t in heads]
+    return TaskGroup(gid=gid, tasks=tasks, body=body, heads={t: heads[t] for t in tasks})
+
+
+def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in state.items()}

@@ -1,0 +1,423 @@
+"""The coordinator's round loop: config -> schedule -> messages -> replies -> fusion -> affinity -> grouping.
+
+`Coordinator.run()` is the whole federation. Each round it
+ 1. picks up clients that joined (query messages: which tasks each holds),
+ 2. schedules clients onto the current task groups (capacity, data ownership, no starvation),
+ 3. sends every (client, group) pair the group's model in one `send_and_receive`,
+ 4. validates each reply and fuses the valid ones per group (ColD Fusion: body mean, heads per task),
+    retrying a group with other clients when fewer than a quorum answered validly,
+ 5. folds the clients' affinity measurements into the tracker and, when the merge/split plan says
+    so, splits or merges the groups,
+ 6. evaluates every group on its clients' test splits, records history and checkpoints.
+The set of groups is plain data (`self.groups`), so modes differ only in the plan.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from flwr.serverapp import Grid
+
+from coordinator import messaging as M
+from coordinator.checkpoint import capture_rng_state, load_latest_checkpoint, restore_rng_state, save_checkpoint
+from coordinator.config import ConfigError, RunConfig
+from coordinator.groups import initial_model, merge_groups, split_groups
+from coordinator.history import History, mean_accuracy
+from coordinator.state import ClientInfo, RoundOutcome, TaskGroup
+from strategies.affinity import AffinityStats, AffinityTracker
+from strategies.fusion import ClientUpdate, fuse_group
+from strategies.grouping import best_grouping, should_regroup
+from strategies.merge_split import MergeSplitPlan
+from strategies.robust import clip_updates, make_reducer
+from strategies.scheduler import SchedulerState, schedule_round
+from strategies.validation import ValidationPolicy, validate_update
+from tasks.models import join_state, split_state
+from tasks.registry import load_suite
+
+Log = Callable[[str], None]
+
+
+class Coordinator:
+    """Runs one federation on a Flower `Grid` (simulation engine or real SuperLink alike)."""
+
+    def __init__(self, grid: Grid, cfg: RunConfig, log: Log = print) -> None:
+        self.grid = grid
+        self.cfg = cfg
+        self.log = log
+        self.suite = load_suite(cfg.suite)
+        cfg.validate_against_suite(self.suite.task_names)
+        self.tasks = self.suite.task_names
+        self.out = Path(cfg.out)
+        self.plan = MergeSplitPlan(cfg.mode, cfg.split_round, cfg.regroup_every, cfg.regroup_rounds)
+        self.clients: dict[int, ClientInfo] = {}
+        self.groups: list[TaskGroup] = []
+        self.next_gid = 0
+        self.previous_grouping: list[list[str]] | None = None  # for dynamic-mode hysteresis
+        self.trackers = {s: self._new_tracker() for s in ("lookahead", "cosine")}
+        self.scheduler = SchedulerState()
+        self.reducer = make_reducer(cfg.aggregator, trim_fraction=cfg.trim_fraction)
+        self.validation = ValidationPolicy(max_update_norm=cfg.max_update_norm or None)
+        self.history = History(config=cfg.to_dict(), tasks=self.tasks)
+        self.round = 0
+
+    # ------------------------------------------------------------------ set-up
+    def _new_tracker(self) -> AffinityTracker:
+        return AffinityTracker(self.tasks, mode=self.cfg.affinity_average, window=self.cfg.affinity_window, alpha=self.cfg.affinity_ema)
+
+    def _initial_groups(self) -> list[TaskGroup]:
+        body, heads = initial_model(self.suite, self.cfg.seed)
+        grouping = [[t] for t in self.tasks] if self.cfg.mode == "separate" else [list(self.tasks)]
+        groups = split_groups(body, heads, grouping, first_gid=0)
+        self.next_gid = len(groups)
+        return groups
+
+    def discover(self, wait_for: int, timeout: float) -> list[ClientInfo]:
+        """Ask every node we have not met yet what it holds; wait until `wait_for` clients are known."""
+        deadline = time.monotonic() + timeout
+        joined: list[ClientInfo] = []
+        while True:
+            new = [n for n in self.grid.get_node_ids() if n not in self.clients]
+            if new:
+                replies = M.send(self.grid, [M.query_message(n, self.cfg) for n in new], timeout=min(timeout, 120.0))
+                for reply in replies:
+                    node = reply.metadata.src_node_id
+                    if reply.has_error():
+                        self.log(f"  client {node} failed to describe its data: {M.error_text(reply)}")
+                        continue
+                    info = M.parse_query_reply(reply)
+                    unknown = sorted(set(info.tasks) - set(self.tasks))
+                    if unknown:
+                        self.log(f"  client {info.name} ({node}) holds tasks {unknown} unknown to suite {self.cfg.suite!r}: ignored")
+                        info.tasks = [t for t in info.tasks if t in self.tasks]
+                    self.clients[node] = info
+                    joined.append(info)
+                    examples = ", ".join(f"{t}:{info.train_examples[t]}" for t in info.tasks)
+                    self.log(f"  joined: {info.name} (node {node}, {info.device}) tasks {examples}")
+            if len(self.clients) >= wait_for or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        if len(self.clients) < wait_for:
+            raise RuntimeError(f"only {len(self.clients)} of the {wait_for} required clients joined within {timeout:.0f}s")
+        return joined
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> History:
+        start_round = self._resume() if self.cfg.resume else 0
+        self.discover(self.cfg.min_clients, self.cfg.min_clients_timeout)
+        if start_round == 0:
+            torch.manual_seed(self.cfg.seed)
+            random.seed(self.cfg.seed)
+            np.random.seed(self.cfg.seed)
+            self.groups = self._initial_groups()
+            outcome = RoundOutcome(round=0, groups=self.grouping())
+            t0 = time.perf_counter()
+            outcome.metrics = self.evaluate(0)
+            outcome.seconds = time.perf_counter() - t0
+            self._finish_round(outcome)
+        for r in range(start_round + 1, self.cfg.rounds + 1):
+            self.run_round(r)
+        self.log(f"done: {self.cfg.rounds} rounds, results in {self.out}")
+        return self.history
+
+    def run_round(self, r: int) -> RoundOutcome:
+        self.round = r
+        t0 = time.perf_counter()
+        if r > 1:
+            self.discover(0, 0)  # late joiners are scheduled from this round on
+        outcome = RoundOutcome(round=r, groups=self.grouping())
+        replies = self.train(r, outcome)
+        self.update_affinity(r, replies, outcome)
+        action = self.plan.action_after(r)
+        if action == "split":
+            self.split(outcome)
+        elif action == "merge":
+            self.merge(outcome)
+        outcome.metrics = self.evaluate(r)
+        outcome.seconds = time.perf_counter() - t0
+        self._finish_round(outcome)
+        return outcome
+
+    def grouping(self) -> list[list[str]]:
+        return [list(g.tasks) for g in self.groups]
+
+    # ------------------------------------------------------------------ training
+    def train(self, r: int, outcome: RoundOutcome) -> list[M.TrainReply]:
+        """Schedule, send, validate, retry under quorum, fuse; returns the valid replies.
+
+        Invalid replies never touch a model.
+        """
+        cfg = self.cfg
+        by_key = {info.name: node for node, info in self.clients.items()}
+        client_tasks = {info.name: info.tasks for info in self.clients.values()}
+        assignment = schedule_round(
+            [g.tasks for g in self.groups], client_tasks, cfg.client_capacity, cfg.fraction,
+            seed=cfg.seed, round_=r, state=self.scheduler, max_starve=cfg.max_starve,
+        )
+        pending: list[tuple[int, TaskGroup]] = [
+            (by_key[name], self.groups[gi]) for name, gis in sorted(assignment.items()) for gi in gis
+        ]
+        sampled = defaultdict(int)
+        for _, g in pending:
+            sampled[g.gid] += 1
+        load = defaultdict(int)  # groups each node was asked to train this round
+        valid: dict[int, list[M.TrainReply]] = defaultdict(list)
+        tried: dict[int, set[int]] = defaultdict(set)
+        for attempt in range(cfg.max_retries + 1):
+            if not pending:
+                break
+            for node, g in pending:
+                tried[g.gid].add(node)
+                load[node] += 1
+            self._train_once(r, pending, valid, outcome)
+            pending = self._retries(sampled, valid, tried, load) if attempt < cfg.max_retries else []
+            for node, g in pending:
+                outcome.events.append(f"retry group {g.gid} with client {self.clients[node].name}")
+        self._fuse(sampled, valid, outcome)
+        return [rep for reps in valid.values() for rep in reps]
+
+    def _train_once(self, r: int, pending, valid, outcome: RoundOutcome) -> None:
+        groups = {g.gid: g for _, g in pending}
+        messages = []
+        for node, g in pending:
+            tasks = [t for t in g.tasks if t in self.clients[node].tasks]
+            messages.append(M.train_message(node, g, tasks, self.cfg, r))
+        replies = M.send(self.grid, messages, timeout=self.cfg.round_timeout)
+        answered = set()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            name = self.clients[node].name if node in self.clients else str(node)
+            if reply.has_error():
+                gid = next((g.gid for n, g in pending if n == node and (node, g.gid) not in answered), -1)
+                answered.add((node, gid))
+                outcome.errors.append({"node": node, "client": name, "group": gid, "error": M.error_text(reply)})
+                self.log(f"  client {name} (node {node}) failed in group {gid}: {M.error_text(reply)}")
+                continue
+            try:
+                parsed = M.parse_train_reply(reply)
+                gid = int(reply.content[M.P.CONFIG]["group"])
+                answered.add((node, gid))
+                group = groups[gid]
+                problems = validate_update(
+                    group.body, {t: group.heads[t] for t in group.tasks if t in parsed.update.heads},
+                    [t for t in group.tasks if t in self.clients[node].tasks],
+                    parsed.update.body, parsed.update.heads, parsed.update.examples,
+                    self.validation.max_update_norm, self.validation.max_examples,
+                )
+            except Exception as exc:  # garbage reply: reject, never fuse
+                problems = [f"unreadable reply: {type(exc).__name__}: {exc}"]
+                gid = int(reply.content[M.P.CONFIG]["group"]) if M.P.CONFIG in reply.content and "group" in reply.content[M.P.CONFIG] else -1
+                answered.add((node, gid))
+            if problems:
+                outcome.rejected.append({"node": node, "client": name, "group": gid, "reasons": problems})
+                self.log(f"  rejected reply of {name} (node {node}) for group {gid}: {'; '.join(problems[:3])}")
+                continue
+            valid[gid].append(parsed)
+        for node, g in pending:
+            if (node, g.gid) not in answered:
+                name = self.clients[node].name
+                outcome.dropped.append({"node": node, "client": name, "group": g.gid, "reason": f"no reply within {self.cfg.round_timeout:.0f}s"})
+                self.log(f"  client {name} (node {node}) did not answer group {g.gid} within {self.cfg.round_timeout:.0f}s")
+
+    def _needed(self, sampled: int) -> int:
+        return max(1, math.ceil(self.cfg.quorum * sampled))
+
+    def _retries(self, sampled, valid, tried, load) -> list[tuple[int, TaskGroup]]:
+        """Other clients for groups short of a quorum of valid replies (capacity still respected)."""
+        extra = []
+        for g in self.groups:
+            deficit = self._needed(sampled[g.gid]) - len(valid[g.gid]) if sampled[g.gid] else 0
+            if deficit <= 0:
+                continue
+            candidates = sorted(
+                (n for n, info in self.clients.items()
+                 if n not in tried[g.gid] and load[n] < self.cfg.client_capacity and set(info.tasks) & set(g.tasks)),
+                key=lambda n: self.clients[n].name,
+            )
+            rng = random.Random(f"{self.cfg.seed}/{self.round}/{g.gid}/retry/{len(tried[g.gid])}")
+            rng.shuffle(candidates)
+            extra += [(n, g) for n in candidates[:deficit]]
+        return extra
+
+    def _fuse(self, sampled, valid, outcome: RoundOutcome) -> None:
+        cfg = self.cfg
+        examples: dict[str, int] = defaultdict(int)
+        train_s = affinity_s = 0.0
+        for g in self.groups:
+            replies = valid.get(g.gid, [])
+            outcome.assignments[str(g.gid)] = sorted(rep.update.node_id for rep in replies)
+            for rep in replies:
+                train_s += rep.train_seconds
+                affinity_s += rep.affinity_seconds
+                for t, n in rep.update.examples.items():
+                    examples[t] += int(n)
+            if not sampled[g.gid]:
+                continue
+            if len(replies) < self._needed(sampled[g.gid]):
+                outcome.events.append(
+                    f"group {g.gid} kept its model: {len(replies)} valid replies, quorum needs {self._needed(sampled[g.gid])}"
+                )
+                self.log(f"  group {g.gid}: only {len(replies)} valid replies (quorum {self._needed(sampled[g.gid])}); model unchanged")
+                continue
+            updates = [rep.update for rep in replies]
+            if cfg.clip_norm > 0:
+                updates = self._clip(g, updates)
+            g.body, g.heads = fuse_group(g.heads, updates, cfg.fusion, self.reducer)
+            g.rounds_trained += 1
+        outcome.clients = sorted({n for ids in outcome.assignments.values() for n in ids})
+        outcome.compute = {
+            "train_seconds": train_s,
+            "affinity_seconds": affinity_s,
+            "examples": dict(examples),
+        }
+
+    def _clip(self, g: TaskGroup, updates: list[ClientUpdate]) -> list[ClientUpdate]:
+        """Clip each client's whole update (body and heads it trained) to `clip-norm`."""
+        clipped = []
+        for u in updates:
+            ref = join_state(g.body, {t: g.heads[t] for t in u.heads})
+            new = join_state(u.body, u.heads)
+            body, heads = split_state(clip_updates(ref, [new], self.cfg.clip_norm)[0])
+            clipped.append(ClientUpdate(u.node_id, body, heads, u.examples))
+        return clipped
+
+    # ------------------------------------------------------------------ affinity and grouping
+    def update_affinity(self, r: int, replies: list[M.TrainReply], outcome: RoundOutcome) -> None:
+        """Fold this round's valid client measurements into the trackers (exact sums, negatives kept)."""
+        measured = {}
+        for signal in self.trackers:
+            stats = AffinityStats.empty(self.tasks)
+            for rep in replies:
+                if signal in rep.affinity:
+                    stats = stats.merge(rep.affinity[signal])
+            if stats.counts.sum() > 0:
+                self.trackers[signal].update(r, stats)
+                measured[signal] = stats.to_dict()
+        if measured:
+            outcome.affinity = {
+                "round": measured,
+                "tracked": {s: self.trackers[s].to_matrix_dict() for s in measured},
+            }
+
+    def split(self, outcome: RoundOutcome) -> None:
+        matrix = self.trackers[self.cfg.affinity_signal].matrix()
+        proposal = best_grouping(matrix, self.cfg.max_groups, self.tasks)
+        grouping = [list(g) for g in proposal.groups]
+        if self.previous_grouping is not None and not should_regroup(
+            self.previous_grouping, grouping, matrix, self.cfg.regroup_margin, self.tasks
+        ):
+            grouping = self.previous_grouping
+            outcome.events.append(f"kept grouping {grouping} (new one not better by {self.cfg.regroup_margin})")
+        merged = self.groups[0]
+        body, heads = merged.body, merged.heads
+        self.groups = split_groups(body, heads, grouping, self.next_gid)
+        self.next_gid += len(self.groups)
+        self.scheduler = SchedulerState()
+        outcome.events.append(f"split into {grouping} (score {proposal.score:.4f})")
+        self.log(f"  split into {len(grouping)} groups: {grouping}")
+
+    def merge(self, outcome: RoundOutcome) -> None:
+        self.previous_grouping = self.grouping()
+        self.groups = [merge_groups(self.groups, self.next_gid, self.tasks)]
+        self.next_gid += 1
+        self.trackers = {s: self._new_tracker() for s in self.trackers}
+        self.scheduler = SchedulerState()
+        outcome.events.append("merged all groups to re-measure affinity")
+        self.log("  merged all groups to re-measure affinity")
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, r: int) -> dict[str, dict[str, float]]:
+        """Each group's model on the test split of every client holding its tasks, pooled per task."""
+        messages = []
+        for g in self.groups:
+            for node, info in sorted(self.clients.items()):
+                tasks = [t for t in g.tasks if t in info.tasks]
+                if tasks:
+                    messages.append((M.evaluate_message(node, g, tasks, self.cfg, r), tasks))
+        replies = M.send(self.grid, [m for m, _ in messages], timeout=self.cfg.round_timeout)
+        totals: dict[str, dict[str, float]] = defaultdict(lambda: {"correct": 0.0, "loss": 0.0, "examples": 0.0})
+        for reply in replies:
+            if reply.has_error():
+                self.log(f"  evaluation failed on node {reply.metadata.src_node_id}: {M.error_text(reply)}")
+                continue
+            tasks = [str(t) for t in self._eval_tasks(reply)]
+            for t, m in M.parse_evaluate_reply(reply, tasks).items():
+                totals[t]["correct"] += m["accuracy"] * m["examples"]
+                totals[t]["loss"] += m["loss"] * m["examples"]
+                totals[t]["examples"] += m["examples"]
+        metrics = {}
+        for t in self.tasks:
+            n = totals[t]["examples"] if t in totals else 0.0
+            metrics[t] = {
+                "accuracy": totals[t]["correct"] / n if n else float("nan"),
+                "loss": totals[t]["loss"] / n if n else float("nan"),
+                "examples": n,
+            }
+        return metrics
+
+    @staticmethod
+    def _eval_tasks(reply) -> list[str]:
+        keys = dict(reply.content[M.P.METRICS]).keys()
+        prefix = M.P.ACCURACY + "."
+        return [k[len(prefix):] for k in keys if k.startswith(prefix)]
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _finish_round(self, outcome: RoundOutcome) -> None:
+        self.history.add(outcome)
+        self.history.save(self.out)
+        self._checkpoint(outcome.round)
+        self._progress(outcome)
+
+    def _progress(self, o: RoundOutcome) -> None:
+        acc = mean_accuracy(o.metrics)
+        faults = ""
+        if o.dropped or o.rejected or o.errors:
+            faults = f" ({len(o.dropped)} dropped, {len(o.rejected)} rejected, {len(o.errors)} failed)"
+        self.log(
+            f"round {o.round:>3}/{self.cfg.rounds} | groups {len(o.groups)} | clients {len(o.clients)}{faults} "
+            f"| {o.seconds:6.1f}s | mean acc {acc:.3f}"
+        )
+
+    def _checkpoint(self, r: int) -> None:
+        state = {
+            "round": r,
+            "groups": [{"gid": g.gid, "tasks": g.tasks, "rounds_trained": g.rounds_trained} for g in self.groups],
+            "next_gid": self.next_gid,
+            "previous_grouping": self.previous_grouping,
+            "trackers": {s: t.to_dict() for s, t in self.trackers.items()},
+            "scheduler": self.scheduler.to_dict(),
+            "history": self.history.to_dict(),
+            "rng": capture_rng_state(),
+        }
+        tensors = {f"group_{g.gid}": g.tensors() for g in self.groups}
+        save_checkpoint(self.out / "checkpoints", r, state, tensors, keep=self.cfg.checkpoint_keep)
+
+    def _resume(self) -> int:
+        ckpt = load_latest_checkpoint(self.out / "checkpoints")
+        if ckpt is None:
+            self.log(f"resume: no checkpoint under {self.out / 'checkpoints'}; starting from scratch")
+            return 0
+        s = ckpt.state
+        saved = dict(s["history"]["config"])
+        for key in ("suite", "mode", "seed", "data-seed"):
+            if saved.get(key) != self.cfg.to_dict()[key]:
+                raise ConfigError(f"resume: {key} = {self.cfg.to_dict()[key]!r} differs from the checkpoint's {saved.get(key)!r}")
+        self.groups = []
+        for meta in s["groups"]:
+            body, heads = split_state(ckpt.tensors[f"group_{meta['gid']}"])
+            self.groups.append(TaskGroup(meta["gid"], list(meta["tasks"]), body, heads, meta["rounds_trained"]))
+        self.next_gid = s["next_gid"]
+        self.previous_grouping = s["previous_grouping"]
+        self.trackers = {sig: AffinityTracker.from_dict(d) for sig, d in s["trackers"].items()}
+        self.scheduler = SchedulerState.from_dict(s["scheduler"])
+        self.history = History.from_dict(s["history"])
+        self.history.config = self.cfg.to_dict()
+        restore_rng_state(s["rng"])
+        self.log(f"resumed from {ckpt.path} (round {ckpt.round})")
+        return int(ckpt.round)

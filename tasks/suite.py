@@ -1,0 +1,114 @@
+"""The contract every task suite fulfils.
+
+A suite says which tasks exist, what the shared body and the per-task heads look like, and
+how one client's private data for its tasks is produced. Both the coordinator (to build the
+initial model and to validate replies) and the clients (to train) load the same suite, so
+everything here is plain torch/numpy and imports no Flower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One classification task: a name (a valid Python identifier), its classes and its input domain."""
+
+    name: str
+    num_classes: int
+    domain: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"task name {self.name!r} must be a Python identifier (letters, digits, _)")
+        if self.num_classes < 2:
+            raise ValueError(f"task {self.name!r}: num_classes must be >= 2, got {self.num_classes}")
+
+
+@dataclass
+class TaskData:
+    """One client's private data for one task: its own train and test split."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    def __post_init__(self) -> None:
+        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+            if len(x) != len(y):
+                raise ValueError(f"{split} split has {len(x)} inputs but {len(y)} labels")
+
+    @property
+    def num_train(self) -> int:
+        return int(len(self.y_train))
+
+    @property
+    def num_test(self) -> int:
+        return int(len(self.y_test))
+
+
+# partition(partition_id, num_partitions, seed, data_root) -> {task name: TaskData}
+PartitionLoader = Callable[[int, int, int, str], dict[str, TaskData]]
+
+
+@dataclass
+class Suite:
+    """A set of tasks sharing one body.
+
+    `make_body()` returns an nn.Module mapping a batch of inputs to features of size
+    `feature_dim`; `make_head(task)` maps those features to the task's logits (a linear
+    layer unless the suite says otherwise). `load_partition` returns the tasks one client
+    holds, each with its own train/test split; it must be deterministic in its arguments.
+    """
+
+    name: str
+    tasks: list[TaskSpec]
+    make_body: Callable[[], nn.Module]
+    feature_dim: int
+    load_partition: PartitionLoader
+    make_head: Callable[[TaskSpec, int], nn.Module] | None = None
+    description: str = ""
+    # Ground truth for suites with planted task groups (used to score recovered groupings).
+    planted_groups: list[list[str]] | None = None
+    defaults: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"suite {self.name!r} has duplicate task names: {names}")
+        if not names:
+            raise ValueError(f"suite {self.name!r} defines no tasks")
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task(self, name: str) -> TaskSpec:
+        for spec in self.tasks:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"suite {self.name!r} has no task {name!r}; tasks are {self.task_names}")
+
+    def head(self, name: str) -> nn.Module:
+        spec = self.task(name)
+        if self.make_head is not None:
+            return self.make_head(spec, self.feature_dim)
+        return nn.Linear(self.feature_dim, spec.num_classes)
+
+    def build_model(self, task_names: list[str] | None = None, seed: int = 0) -> "MultiTaskModel":
+        """A fresh model with the body and the heads of `task_names` (all tasks by default)."""
+        from tasks.models import MultiTaskModel
+
+        torch.manual_seed(seed)
+        names = self.task_names if task_names is None else list(task_names)
+        return MultiTaskModel(self.make_body(), {n: self.head(n) for n in names})
+
+
+from tasks.models import MultiTaskModel  # noqa: E402  (re-exported for type hints)
