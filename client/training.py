@@ -95,8 +95,8 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
     steps = cfg.local_steps if cfg.local_steps > 0 else cfg.local_epochs * max(s.batches_per_epoch for s in streams.values())
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     measure = cfg.affinity_every > 0 and len(tasks) >= 2
-    lookahead = AffinityStats.empty(tasks) if measure else None
-    cosine = AffinityStats.empty(tasks) if measure else None
+    lookahead = AffinityStats(list(tasks)) if measure else None
+    cosine = AffinityStats(list(tasks)) if measure else None
     loss_sums = {t: 0.0 for t in tasks}
     first_loss: dict[str, float] = {}
     affinity_seconds = 0.0

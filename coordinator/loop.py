@@ -62,7 +62,7 @@ class Coordinator:
         self.previous_grouping: list[list[str]] | None = None  # for dynamic-mode hysteresis
         self.trackers = {s: self._new_tracker() for s in ("lookahead", "cosine")}
         self.scheduler = SchedulerState()
-        self.reducer = make_reducer(cfg.aggregator, trim_fraction=cfg.trim_fraction)
+        self.reducer = make_reducer(cfg.aggregator, **({"trim_fraction": cfg.trim_fraction} if cfg.aggregator == "trimmed-mean" else {}))
         self.validation = ValidationPolicy(max_update_norm=cfg.max_update_norm or None)
         self.history = History(config=cfg.to_dict(), tasks=self.tasks)
         self.round = 0
@@ -154,14 +154,20 @@ class Coordinator:
         Invalid replies never touch a model.
         """
         cfg = self.cfg
-        by_key = {info.name: node for node, info in self.clients.items()}
-        client_tasks = {info.name: info.tasks for info in self.clients.values()}
+        # Scheduler ids are positions in the name-sorted client list: stable across a resume,
+        # unlike Flower node ids, so a resumed run schedules exactly as an uninterrupted one.
+        names = sorted(info.name for info in self.clients.values())
+        node_of = {info.name: node for node, info in self.clients.items()}
+        client_tasks = {i: self.clients[node_of[name]].tasks for i, name in enumerate(names)}
         assignment = schedule_round(
             [g.tasks for g in self.groups], client_tasks, cfg.client_capacity, cfg.fraction,
-            seed=cfg.seed, round_=r, state=self.scheduler, max_starve=cfg.max_starve,
+            seed=cfg.seed, round=r, state=self.scheduler, max_starve=cfg.max_starve,
         )
+        self.scheduler = assignment.state
+        for gi in assignment.unserved + assignment.inactive:
+            outcome.events.append(f"group {self.groups[gi].gid} got no client this round")
         pending: list[tuple[int, TaskGroup]] = [
-            (by_key[name], self.groups[gi]) for name, gis in sorted(assignment.items()) for gi in gis
+            (node_of[names[c]], self.groups[gi]) for c, gis in sorted(assignment.clients.items()) for gi in gis
         ]
         sampled = defaultdict(int)
         for _, g in pending:
@@ -292,23 +298,23 @@ class Coordinator:
         """Fold this round's valid client measurements into the trackers (exact sums, negatives kept)."""
         measured = {}
         for signal in self.trackers:
-            stats = AffinityStats.empty(self.tasks)
+            stats = AffinityStats(list(self.tasks))
             for rep in replies:
                 if signal in rep.affinity:
                     stats = stats.merge(rep.affinity[signal])
             if stats.counts.sum() > 0:
-                self.trackers[signal].update(r, stats)
+                self.trackers[signal].update(stats.reindexed(self.tasks), round=r)
                 measured[signal] = stats.to_dict()
         if measured:
             outcome.affinity = {
                 "round": measured,
-                "tracked": {s: self.trackers[s].to_matrix_dict() for s in measured},
+                "tracked": {s: {"tasks": self.tasks, "matrix": self.trackers[s].matrix().tolist()} for s in measured},
             }
 
     def split(self, outcome: RoundOutcome) -> None:
         matrix = self.trackers[self.cfg.affinity_signal].matrix()
         proposal = best_grouping(matrix, self.cfg.max_groups, self.tasks)
-        grouping = [list(g) for g in proposal.groups]
+        grouping = proposal.as_lists()
         if self.previous_grouping is not None and not should_regroup(
             self.previous_grouping, grouping, matrix, self.cfg.regroup_margin, self.tasks
         ):

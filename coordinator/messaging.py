@@ -101,7 +101,8 @@ def parse_train_reply(reply: Message) -> TrainReply:
             raise ValueError(f"reply lacks {ex_key!r} or {loss_key!r}")
         examples[t] = metrics[ex_key]
         losses[t] = float(metrics[loss_key])
-    affinity = {s: AffinityStats.from_metrics(s, metrics) for s in P.AFFINITY_SIGNALS if AffinityStats.has_metrics(s, metrics)}
+    affinity = {s: AffinityStats.from_metrics(metrics, prefix=s) for s in P.AFFINITY_SIGNALS}
+    affinity = {s: stats for s, stats in affinity.items() if stats.n > 0}
     return TrainReply(
         update=ClientUpdate(node_id=reply.metadata.src_node_id, body=body, heads=heads, examples=examples),
         losses=losses,

@@ -1,0 +1,31 @@
+"""`fedmtl prepare-data`: write per-client data folders of a built-in suite, to try a multi-machine run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from coordinator.commands.common import builtin_data_root
+from tasks.local_dir import prepare_client_dirs
+from tasks.registry import load_suite
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare-data", help="write one private data folder per client from a suite",
+                       description=__doc__)
+    p.add_argument("--suite", default="default", help="suite to cut into client folders (default: default)")
+    p.add_argument("--clients", type=int, required=True, help="number of client folders")
+    p.add_argument("--out", type=Path, required=True, help="parent folder; writes OUT/client_0 ... OUT/client_{N-1}")
+    p.add_argument("--seed", type=int, default=0, help="partition seed")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.clients < 1:
+        raise ValueError(f"--clients = {args.clients}: must be >= 1")
+    suite = load_suite(args.suite)
+    dirs = prepare_client_dirs(suite, args.clients, args.out, args.seed, builtin_data_root())
+    for d in dirs:
+        print(f"  {d}")
+    print(f"wrote {len(dirs)} client folders for suite {suite.name!r} under {args.out}")
+    return 0

@@ -1,0 +1,72 @@
+"""An in-process Flower Grid for fast tests of the coordinator loop.
+
+It delivers each Message to the real fedmtl ClientApp in a thread (one per simulated node,
+with its own Context and `partition-id`), turns exceptions into error replies as Flower does,
+and honours `send_and_receive(timeout=...)` by returning only the replies that arrived. The
+real simulation engine and real SuperLink/SuperNode processes are exercised by other tests.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import traceback
+from typing import Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.app import app as client_app
+
+
+class InProcessGrid(Grid):
+    def __init__(self, num_nodes: int, node_configs: list[dict] | None = None, first_node_id: int = 1001) -> None:
+        # Messages are stamped with the identity of the process that creates them; a real
+        # ServerApp process has one set by Flower, this test process plays that role.
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+        self.contexts: dict[int, Context] = {}
+        for i in range(num_nodes):
+            config = node_configs[i] if node_configs else {"partition-id": i, "num-partitions": num_nodes}
+            node_id = first_node_id + i
+            self.contexts[node_id] = Context(run_id=1, node_id=node_id, node_config=config, state=RecordDict(), run_config={})
+        self.pool = cf.ThreadPoolExecutor(max_workers=max(4, num_nodes * 2))
+        self.sent: list[Message] = []
+
+    def add_node(self, config: dict) -> int:
+        node_id = max(self.contexts) + 1
+        self.contexts[node_id] = Context(run_id=1, node_id=node_id, node_config=config, state=RecordDict(), run_config={})
+        return node_id
+
+    # Grid API ------------------------------------------------------------------
+    def set_run(self, run_id):  # pragma: no cover - not used
+        pass
+
+    @property
+    def run(self):  # pragma: no cover - not used
+        return None
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # pragma: no cover
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages):  # pragma: no cover - send_and_receive is what the loop uses
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # pragma: no cover
+        raise NotImplementedError
+
+    def _deliver(self, msg: Message) -> Message:
+        context = self.contexts[msg.metadata.dst_node_id]
+        try:
+            return client_app(msg, context)
+        except Exception as exc:  # as Flower does: the error travels back as the reply
+            return Message(Error(code=3, reason=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=1)}"), reply_to=msg)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        self.sent.extend(messages)
+        futures = [self.pool.submit(self._deliver, m) for m in messages]
+        done, _ = cf.wait(futures, timeout=timeout)
+        return [f.result() for f in futures if f in done]
