@@ -31,6 +31,7 @@ class InProcessGrid(Grid):
             self.contexts[node_id] = Context(run_id=1, node_id=node_id, node_config=config, state=RecordDict(), run_config={})
         self.pool = cf.ThreadPoolExecutor(max_workers=max(4, num_nodes * 2))
         self.sent: list[Message] = []
+        self.replies: list[Message] = []
 
     def add_node(self, config: dict) -> int:
         node_id = max(self.contexts) + 1
@@ -69,4 +70,9 @@ class InProcessGrid(Grid):
         self.sent.extend(messages)
         futures = [self.pool.submit(self._deliver, m) for m in messages]
         done, _ = cf.wait(futures, timeout=timeout)
-        return [f.result() for f in futures if f in done]
+        replies = [f.result() for f in futures if f in done]
+        self.replies.extend(replies)
+        return replies
+
+    def partition_of(self, node_id: int) -> int:
+        return int(self.contexts[node_id].node_config["partition-id"])

@@ -1,0 +1,75 @@
+"""Fault injection on the real round loop (in-process grid): what survives, and what is recorded."""
+
+import torch
+
+from coordinator.config import RunConfig
+from coordinator.loop import Coordinator
+from coordinator.messaging import parse_train_reply
+from strategies.fusion import fuse_group
+from tests.inprocess import InProcessGrid
+
+
+def _run(tmp_path, clients: int, **overrides):
+    cfg = RunConfig.from_dict({"suite": "tiny", "rounds": 1, "min-clients": clients, "out": str(tmp_path), "plots": False,
+                               "affinity-every": 0, "local-steps": 4} | overrides)
+    grid = InProcessGrid(clients)
+    coordinator = Coordinator(grid, cfg, log=lambda line: None)
+    initial = None
+
+    original_train = coordinator.train
+
+    def train_and_remember(r, outcome):
+        nonlocal initial
+        initial = {k: v.clone() for k, v in coordinator.groups[0].body.items()}, {t: dict(h) for t, h in coordinator.groups[0].heads.items()}
+        return original_train(r, outcome)
+
+    coordinator.train = train_and_remember
+    history = coordinator.run()
+    return coordinator, grid, history, initial
+
+
+def test_crash_hang_nan_shape_and_huge_updates_never_reach_the_model(tmp_path):
+    faults = "0:crash,1:nan,2:shape,3:huge,4:hang"
+    coordinator, grid, history, (_, initial_heads) = _run(
+        tmp_path, 8, faults=faults, **{"round-timeout": 4.0, "hang-seconds": 8.0, "max-update-norm": 1000.0,
+                                       "quorum": 0.3, "max-retries": 0})
+    r1 = history.rounds[1]
+    partition = {n: grid.partition_of(n) for n in grid.contexts}
+    crashed = {partition[e["node"]] for e in r1["errors"]}
+    rejected = {partition[e["node"]]: " ".join(e["reasons"]) for e in r1["rejected"]}
+    dropped = {partition[e["node"]] for e in r1["dropped"]}
+    assert crashed == {0} and "injected crash" in r1["errors"][0]["error"]
+    assert set(rejected) == {1, 2, 3}
+    assert "finite" in rejected[1].lower() or "nan" in rejected[1].lower()
+    assert "shape" in rejected[2].lower()
+    assert "norm" in rejected[3].lower()
+    assert dropped == {4}
+    # The fused model is exactly the fusion of the three valid replies (partitions 5, 6, 7).
+    valid = [parse_train_reply(m) for m in grid.replies
+             if m.metadata.message_type == "train" and not m.has_error() and partition[m.metadata.src_node_id] >= 5]
+    assert len(valid) == 3
+    body, heads = fuse_group(initial_heads, [v.update for v in valid], "uniform")
+    group = coordinator.groups[0]
+    for k in body:
+        assert torch.equal(group.body[k], body[k]), k
+    for t in heads:
+        for k in heads[t]:
+            assert torch.equal(group.heads[t][k], heads[t][k]), (t, k)
+    assert all(torch.isfinite(v).all() for v in group.body.values())
+
+
+def test_group_without_quorum_keeps_its_model_and_says_so(tmp_path):
+    coordinator, _grid, history, (initial_body, _) = _run(
+        tmp_path, 4, faults="0:crash,1:crash,2:nan", **{"quorum": 0.75, "max-retries": 1})
+    r1 = history.rounds[1]
+    assert any("kept its model" in e for e in r1["events"])
+    for k, v in coordinator.groups[0].body.items():
+        assert torch.equal(v, initial_body[k])
+
+
+def test_retry_uses_other_clients_when_quorum_missed(tmp_path):
+    # fraction 0.5 samples half the clients; two of those crash, so the group is retried with others.
+    _c, grid, history, _ = _run(tmp_path, 6, faults="0:crash,1:crash,2:crash", **{"fraction": 0.5, "quorum": 1.0, "max-retries": 2})
+    r1 = history.rounds[1]
+    assert any(e.startswith("retry group") for e in r1["events"])
+    assert len(r1["clients"]) >= 3
