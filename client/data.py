@@ -21,15 +21,16 @@ def _partition(suite: str, partition_id: int, num_partitions: int, seed: int, da
 
 
 @lru_cache(maxsize=8)
-def _folder(data_dir: str) -> tuple[dict, dict[str, TaskData]]:
-    return read_client_dir(data_dir)
+def _folder(data_dir: str, suite: str = "") -> tuple[dict, dict[str, TaskData]]:
+    """Read and validate the folder; with a suite, also check its tasks and class counts against it."""
+    return read_client_dir(data_dir, suite=load_suite(suite) if suite else None)
 
 
 def local_tasks(node_config: dict, suite: str, seed: int, data_root: str) -> dict[str, TaskData]:
     """The tasks this client holds, with its private train/test splits."""
     data_dir = str(node_config.get("data-dir", "") or "")
     if data_dir:
-        return _folder(data_dir)[1]
+        return _folder(data_dir, suite)[1]
     if "partition-id" not in node_config or "num-partitions" not in node_config:
         raise ValueError(
             "this client has neither a 'data-dir' in its node config nor simulation "

@@ -301,7 +301,7 @@ def make_image_suite(
 
 # Each client: 2 of the 3 domains, 2 tasks of each; all images used (~1,000 train per domain per
 # client at 6 clients). Set max_per_client to shrink per-round compute if a budget demands it.
-DEFAULT_PLAN = PartitionPlan(domains_per_client=None, tasks_per_domain=2)
+DEFAULT_PLAN = PartitionPlan(domains_per_client=None, tasks_per_domain=2, max_per_client=800)
 TINY_PLAN = PartitionPlan(domains_per_client=None, tasks_per_domain=None, max_per_client=190)
 
 
