@@ -15,6 +15,7 @@ The set of groups is plain data (`self.groups`), so modes differ only in the pla
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections import defaultdict
@@ -24,12 +25,13 @@ from typing import Callable
 import numpy as np
 import torch
 from flwr.serverapp import Grid
+from safetensors.torch import save_file
 
 from coordinator import messaging as M
 from coordinator.checkpoint import capture_rng_state, load_latest_checkpoint, restore_rng_state, save_checkpoint
 from coordinator.config import ConfigError, RunConfig
 from coordinator.groups import initial_model, merge_groups, split_groups
-from coordinator.history import History, mean_accuracy
+from coordinator.history import History, mean_accuracy, write_json_atomic
 from coordinator.state import ClientInfo, RoundOutcome, TaskGroup
 from strategies.affinity import AffinityStats, AffinityTracker
 from strategies.fusion import ClientUpdate, fuse_group
@@ -377,8 +379,23 @@ class Coordinator:
     def _finish_round(self, outcome: RoundOutcome) -> None:
         self.history.add(outcome)
         self.history.save(self.out)
+        self._save_models(outcome.round)
         self._checkpoint(outcome.round)
         self._progress(outcome)
+
+    def _save_models(self, r: int) -> None:
+        """The current fused model of every group, as plain safetensors files anyone can load."""
+        models = self.out / "models"
+        models.mkdir(parents=True, exist_ok=True)
+        for old in models.glob("group_*.safetensors"):
+            if int(old.stem.split("_")[1]) not in {g.gid for g in self.groups}:
+                old.unlink()
+        for g in self.groups:
+            tmp = models / f".group_{g.gid}.safetensors.tmp"
+            save_file(g.tensors(), str(tmp), metadata={"round": str(r), "tasks": ",".join(g.tasks), "suite": self.cfg.suite})
+            os.replace(tmp, models / f"group_{g.gid}.safetensors")
+        index = {"round": r, "suite": self.cfg.suite, "groups": {str(g.gid): g.tasks for g in self.groups}}
+        write_json_atomic(models / "index.json", index)
 
     def _progress(self, o: RoundOutcome) -> None:
         acc = mean_accuracy(o.metrics)
