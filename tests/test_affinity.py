@@ -37,7 +37,7 @@ def _mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((pred.squeeze(-1) - y) ** 2).mean()
 
 
-def _manual_lookahead(w: float, h: dict, data: dict, lr: float) -> np.ndarray:
+def _manual_lookahead(w: float, h: dict, data: dict, lr: float, wd: float = 0.0) -> np.ndarray:
     """Closed form for L_t(w) = mean((h_t * w * x - y)^2), dL/dw = mean(2 (h_t w x - y) h_t x)."""
     def loss(t: str, w_: float) -> float:
         x, y = data[t]
@@ -48,7 +48,7 @@ def _manual_lookahead(w: float, h: dict, data: dict, lr: float) -> np.ndarray:
         return float(np.mean(2 * (h[t] * w * x - y) * h[t] * x))
 
     tasks = list(data)
-    return np.array([[1 - loss(j, w - lr * grad(i)) / loss(j, w) for j in tasks] for i in tasks])
+    return np.array([[1 - loss(j, w - lr * (grad(i) + wd * w)) / loss(j, w) for j in tasks] for i in tasks])
 
 
 def test_lookahead_matches_manual_and_leaves_model_untouched() -> None:
@@ -60,6 +60,8 @@ def test_lookahead_matches_manual_and_leaves_model_untouched() -> None:
     want = _manual_lookahead(0.5, {"a": 2.0, "b": -1.0}, data, 0.05)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert (got[0, 0] > 0) and (got[1, 1] > 0)  # a step on a task helps itself
+    decayed = lookahead_affinity(model, batches, lr=0.05, loss_fn=_mse, weight_decay=0.3)
+    np.testing.assert_allclose(decayed, _manual_lookahead(0.5, {"a": 2.0, "b": -1.0}, data, 0.05, 0.3), rtol=1e-5, atol=1e-6)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None for p in model.parameters())
