@@ -136,12 +136,12 @@ class Coordinator:
         outcome = RoundOutcome(round=r, groups=self.grouping())
         replies = self.train(r, outcome)
         self.update_affinity(r, replies, outcome)
+        outcome.metrics = self.evaluate(r)  # the groups as trained this round, before any regrouping
         action = self.plan.action_after(r)
         if action == "split":
             self.split(outcome)
         elif action == "merge":
             self.merge(outcome)
-        outcome.metrics = self.evaluate(r)
         outcome.seconds = time.perf_counter() - t0
         self._finish_round(outcome)
         return outcome

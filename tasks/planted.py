@@ -162,7 +162,7 @@ def make_planted_suite(
     teacher_seed: int = 0,
     train_per_task: int = 256,
     test_per_task: int = 128,
-    tasks_per_client: int = 3,
+    tasks_per_client: int = 5,
     hidden: int = 16,
     feature_dim: int = 8,
 ) -> Suite:
