@@ -14,7 +14,7 @@ from pathlib import Path
 from coordinator.commands.common import add_run_options, builtin_data_root, run_config_from_args
 from coordinator.launcher import SimulationFailed, run_simulation_app
 
-DEFAULTS = {"suite": "default", "rounds": 10, "out": "runs/simulate"}
+DEFAULTS = {"suite": "default", "rounds": 15, "out": "runs/simulate"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

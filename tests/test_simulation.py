@@ -1,0 +1,97 @@
+"""Real federations on Flower's simulation engine (Ray), driven through the `fedmtl` CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FEDMTL = [sys.executable, "-m", "coordinator.cli"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _simulate(out: Path, *args: str, timeout: float = 420) -> subprocess.CompletedProcess:
+    cmd = FEDMTL + ["simulate", "--out", str(out), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _history(out: Path) -> dict:
+    return json.loads((out / "history.json").read_text())
+
+
+def test_short_simulation_learns_every_task(tmp_path):
+    out = tmp_path / "run"
+    proc = _simulate(out, "--suite", "tiny", "--clients", "4", "--rounds", "3", "--local-epochs", "5", "--seed", "0")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "round   3/3" in proc.stdout and "finished:completed" in proc.stdout
+    h = _history(out)
+    assert [r["round"] for r in h["rounds"]] == [0, 1, 2, 3]
+    assert len(h["tasks"]) >= 4
+    for r in h["rounds"]:
+        assert set(r) >= {"round", "groups", "metrics", "clients"}
+        assert sorted(t for g in r["groups"] for t in g) == sorted(h["tasks"])
+        assert set(r["metrics"]) == set(h["tasks"])
+        assert all(set(m) >= {"accuracy", "loss"} for m in r["metrics"].values())
+    assert h["rounds"][0]["clients"] == [] and all(len(r["clients"]) == 4 for r in h["rounds"][1:])
+    first, last = h["rounds"][0]["metrics"], h["rounds"][-1]["metrics"]
+    for task in h["tasks"]:
+        assert last[task]["accuracy"] > first[task]["accuracy"], task
+    assert (out / "plots" / "accuracy.png").stat().st_size > 1000
+    assert (out / "models" / "group_0.safetensors").is_file()
+
+
+def test_bad_option_fails_fast_with_the_key_named(tmp_path):
+    started = time.monotonic()
+    proc = _simulate(tmp_path, "--set", "fraction=2.0", timeout=60)
+    assert proc.returncode == 2 and "fraction = 2.0" in proc.stderr
+    proc = _simulate(tmp_path, "--suite", "no_such_module:make", timeout=60)
+    assert proc.returncode != 0 and "no_such_module" in (proc.stderr + proc.stdout)
+    assert time.monotonic() - started < 60
+
+
+def _wait_for_round(out: Path, round_: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if max(r["round"] for r in _history(out)["rounds"]) >= round_:
+                return
+        except (FileNotFoundError, json.JSONDecodeError, ValueError):
+            pass
+        assert proc.poll() is None, "simulation ended before it could be killed"
+        time.sleep(0.2)
+    raise AssertionError(f"round {round_} not reached in {timeout}s")
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tmp_path):
+    args = ["--suite", "planted", "--clients", "6", "--rounds", "5", "--mode", "mas", "--split-round", "2",
+            "--local-steps", "20", "--lr", "0.1", "--seed", "5"]
+    full = _simulate(tmp_path / "full", *args)
+    assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]
+
+    out = tmp_path / "cut"
+    proc = subprocess.Popen(FEDMTL + ["simulate", "--out", str(out), *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_round(out, 3, proc, timeout=300)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and everything in its session die at once
+        proc.wait()
+    time.sleep(2)  # the launcher's reaper cleans up the orphaned SuperLink
+    assert max(r["round"] for r in _history(out)["rounds"]) < 5
+
+    resumed = _simulate(out, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    h_full, h_res = _history(tmp_path / "full"), _history(out)
+    assert [r["round"] for r in h_res["rounds"]] == [0, 1, 2, 3, 4, 5]
+    assert [r["groups"] for r in h_full["rounds"]] == [r["groups"] for r in h_res["rounds"]]
+    for a, b in zip(h_full["rounds"], h_res["rounds"]):
+        for task, m in a["metrics"].items():
+            assert b["metrics"][task]["accuracy"] == pytest.approx(m["accuracy"], abs=1e-9)
+            assert b["metrics"][task]["loss"] == pytest.approx(m["loss"], rel=1e-6)
