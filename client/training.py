@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from strategies.affinity import AffinityStats, gradient_cosine, lookahead_affinity
+from strategies.affinity import AffinityStats, measure_both
 from tasks.models import MultiTaskModel
 from tasks.suite import TaskData
 
@@ -105,8 +105,9 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
         batches = {t: streams[t].next() for t in tasks}
         if measure and step % cfg.affinity_every == 0:
             t0 = time.perf_counter()
-            lookahead.add(lookahead_affinity(model, batches, lr=cfg.lr))
-            cosine.add(gradient_cosine(model, batches))
+            signals = measure_both(model, batches, lr=cfg.lr)
+            lookahead.add(signals["lookahead"])
+            cosine.add(signals["cosine"])
             affinity_seconds += time.perf_counter() - t0
         optimizer.zero_grad(set_to_none=True)
         losses = {t: F.cross_entropy(model(x, t), y) for t, (x, y) in batches.items()}

@@ -115,26 +115,12 @@ def lookahead_affinity(
     Entries whose base loss L_j(theta) is (numerically) zero are NaN: the ratio is undefined,
     and `AffinityStats.add` skips non-finite entries rather than counting them.
     The model is never modified: the virtual steps are functional calls on new tensors, buffers
-    are cloned, and no `.grad` is written. Costs one backward per task and n*n body forwards.
+    are cloned, and no `.grad` is written. Costs one backward per task and, per source task, one
+    body forward over all tasks' batches at once (n*n forwards when input shapes differ).
     """
     _check_batches(model, batches)
-    tasks = list(batches)
     base, grads, names = _body_grads(model, batches, loss_fn)
-    params, buffers = _body_state(model)
-    out = np.full((len(tasks), len(tasks)), np.nan, dtype=np.float64)
-    with torch.no_grad():
-        for a, src in enumerate(tasks):
-            stepped = dict(params)
-            for k, g in zip(names, grads[src]):
-                p = params[k].detach()
-                stepped[k] = p - lr * (g + weight_decay * p)
-            for b, dst in enumerate(tasks):
-                l0 = float(base[dst])
-                if not math.isfinite(l0) or l0 <= _MIN_BASE_LOSS:
-                    continue
-                l1 = float(_task_loss(model, stepped, buffers, dst, batches[dst], loss_fn))
-                out[a, b] = 1.0 - l1 / l0
-    return out
+    return _lookahead_from_grads(model, batches, base, grads, names, lr, loss_fn, weight_decay)
 
 
 def gradient_cosine(
@@ -148,14 +134,73 @@ def gradient_cosine(
     `lookahead_affinity`, leaves the model and its `.grad` fields untouched.
     """
     _check_batches(model, batches)
-    tasks = list(batches)
     _, grads, _ = _body_grads(model, batches, loss_fn)
+    return _cosine_from_grads(grads, list(batches))
+
+
+def measure_both(
+    model: nn.Module,
+    batches: Mapping[str, Batch],
+    lr: float,
+    loss_fn: LossFn = F.cross_entropy,
+    weight_decay: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """Both signals from ONE set of per-task gradients: {"lookahead": Z, "cosine": C}.
+
+    What a client measures every k-th step; sharing the backward passes makes the cosine
+    signal nearly free next to the lookahead one.
+    """
+    _check_batches(model, batches)
+    base, grads, names = _body_grads(model, batches, loss_fn)
+    return {
+        "lookahead": _lookahead_from_grads(model, batches, base, grads, names, lr, loss_fn, weight_decay),
+        "cosine": _cosine_from_grads(grads, list(batches)),
+    }
+
+
+def _cosine_from_grads(grads: Mapping[str, tuple[torch.Tensor, ...]], tasks: list[str]) -> np.ndarray:
     flat = torch.stack([torch.cat([g.reshape(-1) for g in grads[t]]).to(torch.float64) for t in tasks])
     norms = flat.norm(dim=1)
     gram = flat @ flat.T
     denom = torch.outer(norms, norms)
     cos = torch.where(denom > 0, gram / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.nan)
     return cos.clamp(-1.0, 1.0).numpy()
+
+
+def _lookahead_from_grads(
+    model: nn.Module,
+    batches: Mapping[str, Batch],
+    base: Mapping[str, torch.Tensor],
+    grads: Mapping[str, tuple[torch.Tensor, ...]],
+    names: list[str],
+    lr: float,
+    loss_fn: LossFn,
+    weight_decay: float,
+) -> np.ndarray:
+    tasks = list(batches)
+    params, buffers = _body_state(model)
+    out = np.full((len(tasks), len(tasks)), np.nan, dtype=np.float64)
+    shapes = {tuple(x.shape[1:]) for x, _ in batches.values()}
+    stacked = torch.cat([x for x, _ in batches.values()]) if len(shapes) == 1 else None
+    sizes = [len(x) for x, _ in batches.values()]
+    with torch.no_grad():
+        for a, src in enumerate(tasks):
+            stepped = dict(params)
+            for k, g in zip(names, grads[src]):
+                p = params[k].detach()
+                stepped[k] = p - lr * (g + weight_decay * p)
+            if stacked is not None:  # one body forward for every target task's batch
+                features = functional_call(model.body, {**stepped, **buffers}, (stacked,)).split(sizes)
+            for b, dst in enumerate(tasks):
+                l0 = float(base[dst])
+                if not math.isfinite(l0) or l0 <= _MIN_BASE_LOSS:
+                    continue
+                if stacked is not None:
+                    l1 = float(loss_fn(model.heads[dst](features[b]), batches[dst][1]))
+                else:
+                    l1 = float(_task_loss(model, stepped, buffers, dst, batches[dst], loss_fn))
+                out[a, b] = 1.0 - l1 / l0
+    return out
 
 
 def measure_affinity(

@@ -50,7 +50,7 @@ def test_partitions_deterministic_and_cover_groups() -> None:
     suite = make_planted_suite()
     a = suite.load_partition(3, 20, 1, "")
     b = suite.load_partition(3, 20, 1, "")
-    assert list(a) == list(b) and len(a) == 3
+    assert list(a) == list(b) and len(a) == 5
     for t in a:
         np.testing.assert_array_equal(a[t].x_train, b[t].x_train)
         np.testing.assert_array_equal(a[t].y_train, b[t].y_train)
