@@ -87,7 +87,11 @@ class Coordinator:
         while True:
             new = [n for n in self.grid.get_node_ids() if n not in self.clients]
             if new:
-                replies = M.send(self.grid, [M.query_message(n, self.cfg) for n in new], timeout=min(timeout, 120.0))
+                # Always give new nodes time to answer (a deployed node polls every 3 s and starts a
+                # ClientApp process): with timeout 0 (late joiners) send_and_receive would return
+                # before pulling any reply, and late joiners would never be picked up.
+                wait = min(max(timeout, 60.0), 120.0)
+                replies = M.send(self.grid, [M.query_message(n, self.cfg) for n in new], timeout=wait)
                 for reply in replies:
                     node = reply.metadata.src_node_id
                     if reply.has_error():
@@ -254,35 +258,50 @@ class Coordinator:
         return extra
 
     def _fuse(self, sampled, valid, outcome: RoundOutcome) -> None:
-        cfg = self.cfg
-        examples: dict[str, int] = defaultdict(int)
-        train_s = affinity_s = 0.0
+        """Fuse each group that reached its quorum of valid replies; the others keep their model."""
+        self._record_compute(valid, outcome)
         for g in self.groups:
             replies = valid.get(g.gid, [])
-            outcome.assignments[str(g.gid)] = sorted(rep.update.node_id for rep in replies)
-            for rep in replies:
-                train_s += rep.train_seconds
-                affinity_s += rep.affinity_seconds
-                for t, n in rep.update.examples.items():
-                    examples[t] += int(n)
             if not sampled[g.gid]:
                 continue
-            if len(replies) < self._needed(sampled[g.gid]):
-                outcome.events.append(
-                    f"group {g.gid} kept its model: {len(replies)} valid replies, quorum needs {self._needed(sampled[g.gid])}"
-                )
-                self.log(f"  group {g.gid}: only {len(replies)} valid replies (quorum {self._needed(sampled[g.gid])}); model unchanged")
+            needed = self._needed(sampled[g.gid])
+            if len(replies) < needed:
+                outcome.events.append(f"group {g.gid} kept its model: {len(replies)} valid replies, quorum needs {needed}")
+                self.log(f"  group {g.gid}: only {len(replies)} valid replies (quorum {needed}); model unchanged")
                 continue
             updates = [rep.update for rep in replies]
-            if cfg.clip_norm > 0:
+            if self.cfg.clip_norm > 0:
                 updates = self._clip(g, updates)
-            g.body, g.heads = fuse_group(g.heads, updates, cfg.fusion, self.reducer)
+            g.body, g.heads = fuse_group(g.heads, updates, self.cfg.fusion, self.reducer)
             g.rounds_trained += 1
-        outcome.clients = sorted({n for ids in outcome.assignments.values() for n in ids})
+
+    def _record_compute(self, valid, outcome: RoundOutcome) -> None:
+        """Who trained which group, and the client compute it cost, so quality per compute can be compared."""
+        per_group: dict[str, dict] = {}
+        for g in self.groups:
+            replies = valid.get(g.gid, [])
+            examples: dict[str, int] = defaultdict(int)
+            for rep in replies:
+                for t, n in rep.update.examples.items():
+                    examples[t] += int(n)
+            per_group[str(g.gid)] = {
+                "tasks": list(g.tasks),
+                "clients": sorted(rep.update.node_id for rep in replies),
+                "train_seconds": sum(rep.train_seconds for rep in replies),
+                "affinity_seconds": sum(rep.affinity_seconds for rep in replies),
+                "examples": dict(examples),
+            }
+        outcome.assignments = {gid: d["clients"] for gid, d in per_group.items()}
+        outcome.clients = sorted({n for d in per_group.values() for n in d["clients"]})
+        totals: dict[str, int] = defaultdict(int)
+        for d in per_group.values():
+            for t, n in d["examples"].items():
+                totals[t] += n
         outcome.compute = {
-            "train_seconds": train_s,
-            "affinity_seconds": affinity_s,
-            "examples": dict(examples),
+            "train_seconds": sum(d["train_seconds"] for d in per_group.values()),
+            "affinity_seconds": sum(d["affinity_seconds"] for d in per_group.values()),
+            "examples": dict(totals),
+            "groups": per_group,
         }
 
     def _clip(self, g: TaskGroup, updates: list[ClientUpdate]) -> list[ClientUpdate]:

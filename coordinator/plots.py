@@ -15,7 +15,11 @@ import numpy as np  # noqa: E402
 def write_plots(history: dict, out_dir: Path) -> list[Path]:
     """Write every plot the history supports; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [plot_accuracy(history, out_dir / "accuracy.png"), plot_group_timeline(history, out_dir / "groups.png")]
+    paths = [
+        plot_accuracy(history, out_dir / "accuracy.png"),
+        plot_accuracy_vs_compute(history, out_dir / "accuracy_vs_compute.png"),
+        plot_group_timeline(history, out_dir / "groups.png"),
+    ]
     paths += plot_affinity_rounds(history, out_dir)
     return [p for p in paths if p is not None]
 
@@ -32,6 +36,34 @@ def plot_accuracy(history: dict, path: Path) -> Path:
     ax.set(xlabel="round", ylabel="test accuracy", title="Per-task accuracy over rounds", ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cumulative_compute(history: dict) -> list[float]:
+    """Client seconds (training plus affinity measurement) spent up to and including each round."""
+    total, out = 0.0, []
+    for r in history["rounds"]:
+        c = r.get("compute") or {}
+        total += float(c.get("train_seconds", 0.0)) + float(c.get("affinity_seconds", 0.0))
+        out.append(total)
+    return out
+
+
+def plot_accuracy_vs_compute(history: dict, path: Path) -> Path:
+    """Mean accuracy against the client compute spent so far: how modes compare per unit of work."""
+    rounds = history["rounds"]
+    means = [np.nanmean([_num(m.get("accuracy")) for m in r["metrics"].values()] or [np.nan]) for r in rounds]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(cumulative_compute(history), means, marker="o", color="black")
+    for r, x, y in zip(rounds, cumulative_compute(history), means):
+        if r["round"] % max(1, len(rounds) // 8) == 0:
+            ax.annotate(str(r["round"]), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
+    ax.set(xlabel="client compute so far (s, training + affinity)", ylabel="mean test accuracy",
+           title="Accuracy per unit of client compute (labels: round)", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -70,14 +102,26 @@ def plot_affinity_rounds(history: dict, out_dir: Path) -> list[Path]:
 
 
 def plot_matrix(matrix: np.ndarray, tasks: list[str], path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(tasks), 0.6 * len(tasks) + 0.8))
-    finite = matrix[np.isfinite(matrix)]
-    bound = float(np.abs(finite).max()) if finite.size else 1.0
-    im = ax.imshow(matrix, cmap="RdBu", vmin=-bound, vmax=bound)
-    ax.set_xticks(range(len(tasks)), tasks, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+    """Heatmap of Z(i->j); the diagonal (self-affinity, ignored by grouping) is greyed out so the
+    colour scale shows the cross-task entries, which decide the groups."""
+    shown = matrix.astype(float).copy()
+    np.fill_diagonal(shown, np.nan)
+    n = len(tasks)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.65 * n, 0.65 * n + 1.0))
+    finite = shown[np.isfinite(shown)]
+    bound = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
+    cmap = matplotlib.colormaps["RdBu"].copy()
+    cmap.set_bad("#dddddd")
+    im = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, vmin=-bound, vmax=bound)
+    if n <= 12:
+        for i in range(n):
+            for j in range(n):
+                if i != j and np.isfinite(shown[i, j]):
+                    ax.text(j, i, f"{shown[i, j]:.2g}", ha="center", va="center", fontsize=6)
+    ax.set_xticks(range(n), tasks, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), tasks, fontsize=7)
     ax.set(xlabel="j (task helped)", ylabel="i (task stepped)", title=title)
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="affinity (grey: diagonal or not measured)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
