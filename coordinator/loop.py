@@ -203,39 +203,40 @@ class Coordinator:
         replies = M.send(self.grid, messages, timeout=self.cfg.round_timeout)
         answered = set()
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node, gid = reply.metadata.src_node_id, M.group_of(reply)
+            answered.add((node, gid))
             name = self.clients[node].name if node in self.clients else str(node)
             if reply.has_error():
-                gid = next((g.gid for n, g in pending if n == node and (node, g.gid) not in answered), -1)
-                answered.add((node, gid))
                 outcome.errors.append({"node": node, "client": name, "group": gid, "error": M.error_text(reply)})
                 self.log(f"  client {name} (node {node}) failed in group {gid}: {M.error_text(reply)}")
                 continue
-            try:
-                parsed = M.parse_train_reply(reply)
-                gid = int(reply.content[M.P.CONFIG]["group"])
-                answered.add((node, gid))
-                group = groups[gid]
-                problems = validate_update(
-                    group.body, {t: group.heads[t] for t in group.tasks if t in parsed.update.heads},
-                    [t for t in group.tasks if t in self.clients[node].tasks],
-                    parsed.update.body, parsed.update.heads, parsed.update.examples,
-                    self.validation.max_update_norm, self.validation.max_examples,
-                )
-            except Exception as exc:  # garbage reply: reject, never fuse
-                problems = [f"unreadable reply: {type(exc).__name__}: {exc}"]
-                gid = int(reply.content[M.P.CONFIG]["group"]) if M.P.CONFIG in reply.content and "group" in reply.content[M.P.CONFIG] else -1
-                answered.add((node, gid))
-            if problems:
-                outcome.rejected.append({"node": node, "client": name, "group": gid, "reasons": problems})
-                self.log(f"  rejected reply of {name} (node {node}) for group {gid}: {'; '.join(problems[:3])}")
+            checked = self._check_reply(reply, node, groups.get(gid))
+            if isinstance(checked, list):
+                outcome.rejected.append({"node": node, "client": name, "group": gid, "reasons": checked})
+                self.log(f"  rejected reply of {name} (node {node}) for group {gid}: {'; '.join(checked[:3])}")
                 continue
-            valid[gid].append(parsed)
+            valid[gid].append(checked)
         for node, g in pending:
             if (node, g.gid) not in answered:
                 name = self.clients[node].name
                 outcome.dropped.append({"node": node, "client": name, "group": g.gid, "reason": f"no reply within {self.cfg.round_timeout:.0f}s"})
                 self.log(f"  client {name} (node {node}) did not answer group {g.gid} within {self.cfg.round_timeout:.0f}s")
+
+    def _check_reply(self, reply, node: int, group: TaskGroup | None) -> "M.TrainReply | list[str]":
+        """The decoded reply if it is fit to fuse, else the list of what is wrong with it."""
+        if group is None:
+            return [f"reply names no group of this round ({reply.metadata.group_id!r})"]
+        try:
+            parsed = M.parse_train_reply(reply)
+        except Exception as exc:  # garbage reply: reject, never fuse
+            return [f"unreadable reply: {type(exc).__name__}: {exc}"]
+        expected = [t for t in group.tasks if t in self.clients[node].tasks]
+        problems = validate_update(
+            group.body, {t: group.heads[t] for t in expected}, expected,
+            parsed.update.body, parsed.update.heads, parsed.update.examples,
+            self.validation.max_update_norm, self.validation.max_examples,
+        )
+        return problems or parsed
 
     def _needed(self, sampled: int) -> int:
         return max(1, math.ceil(self.cfg.quorum * sampled))

@@ -64,7 +64,18 @@ def train_message(node_id: int, group: TaskGroup, tasks: list[str], cfg: RunConf
         "hang-seconds": cfg.hang_seconds,
     }
     content = RecordDict({P.MODEL: ArrayRecord(group.state_for(tasks)), P.CONFIG: ConfigRecord(config)})
-    return Message(content, dst_node_id=node_id, message_type=P.TRAIN, group_id=f"round-{round_}")
+    return Message(content, dst_node_id=node_id, message_type=P.TRAIN, group_id=train_group_id(round_, group.gid))
+
+
+def train_group_id(round_: int, gid: int) -> str:
+    """Flower copies a message's group_id onto its reply (error replies too): it names our group."""
+    return f"round-{round_}.group-{gid}"
+
+
+def group_of(reply: Message) -> int:
+    """The task group a train reply (or error) answers, from its Flower group_id."""
+    _, _, gid = reply.metadata.group_id.rpartition(".group-")
+    return int(gid) if gid.isdigit() else -1
 
 
 def evaluate_message(node_id: int, group: TaskGroup, tasks: list[str], cfg: RunConfig, round_: int) -> Message:
