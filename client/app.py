@@ -86,6 +86,7 @@ def train(msg: Message, context: Context) -> Message:
         momentum=float(cfg.get("momentum", 0.9)),
         seed=_node_seed(cfg, context),
         affinity_every=int(cfg.get("affinity-every", 0)),
+        affinity_batch_size=int(cfg.get("affinity-batch-size", 0)),
         device=str(cfg.get("device", "auto")),
     )
     result = train_multitask(model, data, tasks, train_cfg)

@@ -33,6 +33,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     affinity_every: int = 0  # 0 = do not measure affinity
+    affinity_batch_size: int = 0  # > batch_size: measure on larger batches of their own (less noise)
     device: str = "cpu"
 
 
@@ -95,6 +96,10 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
     steps = cfg.local_steps if cfg.local_steps > 0 else cfg.local_epochs * max(s.batches_per_epoch for s in streams.values())
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     measure = cfg.affinity_every > 0 and len(tasks) >= 2
+    probe_streams = streams
+    if measure and cfg.affinity_batch_size > cfg.batch_size:
+        probe_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        probe_streams = {t: _TaskStream(data[t], cfg.affinity_batch_size, probe_gen, device) for t in tasks}
     lookahead = AffinityStats(list(tasks)) if measure else None
     cosine = AffinityStats(list(tasks)) if measure else None
     loss_sums = {t: 0.0 for t in tasks}
@@ -105,7 +110,8 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
         batches = {t: streams[t].next() for t in tasks}
         if measure and step % cfg.affinity_every == 0:
             t0 = time.perf_counter()
-            signals = measure_both(model, batches, lr=cfg.lr)
+            probe = batches if probe_streams is streams else {t: probe_streams[t].next() for t in tasks}
+            signals = measure_both(model, probe, lr=cfg.lr)
             lookahead.add(signals["lookahead"])
             cosine.add(signals["cosine"])
             affinity_seconds += time.perf_counter() - t0

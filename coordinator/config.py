@@ -55,6 +55,7 @@ class RunConfig:
     clip_norm: float = 0.0  # 0 = no clipping of client updates
     # affinity and grouping
     affinity_every: int = 10
+    affinity_batch_size: int = 0  # 0 = the training batch; larger = less noisy measurements
     affinity_signal: str = "lookahead"
     affinity_average: str = "mean"  # over measured rounds: mean (MAS), window (last N) or ema
     affinity_window: int = 5
@@ -123,6 +124,7 @@ class RunConfig:
         need(0.0 <= self.trim_fraction < 0.5, "trim-fraction", "must be in [0, 0.5)")
         need(self.clip_norm >= 0, "clip-norm", "must be >= 0 (0 disables clipping)")
         need(self.affinity_every >= 0, "affinity-every", "must be >= 0 (0 disables measurement)")
+        need(self.affinity_batch_size >= 0, "affinity-batch-size", "must be >= 0 (0 = the training batch)")
         need(self.affinity_window >= 1, "affinity-window", "must be >= 1")
         need(0.0 < self.affinity_ema <= 1.0, "affinity-ema", "must be in (0, 1]")
         need(self.split_round >= 1, "split-round", "must be >= 1")

@@ -335,6 +335,13 @@ class Coordinator:
 
     def split(self, outcome: RoundOutcome) -> None:
         matrix = self.trackers[self.cfg.affinity_signal].matrix()
+        off_diagonal = ~np.eye(len(self.tasks), dtype=bool)
+        unmeasured = int((~np.isfinite(matrix) & off_diagonal).sum())
+        if unmeasured:
+            note = (f"affinity: {unmeasured} of {int(off_diagonal.sum())} ordered task pairs were never measured "
+                    "(no sampled client holds both tasks); the grouping search counts them as 0")
+            outcome.events.append(note)
+            self.log(f"  {note}")
         proposal = best_grouping(matrix, self.cfg.max_groups, self.tasks)
         grouping = proposal.as_lists()
         if self.previous_grouping is not None and not should_regroup(

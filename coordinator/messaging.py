@@ -60,6 +60,7 @@ def train_message(node_id: int, group: TaskGroup, tasks: list[str], cfg: RunConf
         "lr": cfg.lr,
         "momentum": cfg.momentum,
         "affinity-every": cfg.affinity_every if len(group.tasks) > 1 else 0,
+        "affinity-batch-size": cfg.affinity_batch_size,
         "faults": cfg.faults,
         "hang-seconds": cfg.hang_seconds,
     }
