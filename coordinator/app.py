@@ -26,5 +26,7 @@ def main(grid: Grid, context: Context) -> None:
     coordinator = Coordinator(grid, cfg, log=_log)
     history = coordinator.run()
     if cfg.plots:
-        for path in write_plots(history.to_dict(), coordinator.out / "plots"):
-            _log(f"  plot: {path}")
+        paths = write_plots(history.to_dict(), coordinator.out / "plots")
+        heatmaps = [p for p in paths if p.name.startswith("affinity")]
+        others = ", ".join(p.name for p in paths if p not in heatmaps)
+        _log(f"plots: {others}" + (f" and {len(heatmaps)} affinity heatmaps" if heatmaps else "") + f" in {coordinator.out / 'plots'}")
