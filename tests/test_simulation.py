@@ -51,8 +51,11 @@ def test_bad_option_fails_fast_with_the_key_named(tmp_path):
     proc = _simulate(tmp_path, "--set", "fraction=2.0", timeout=60)
     assert proc.returncode == 2 and "fraction = 2.0" in proc.stderr
     proc = _simulate(tmp_path, "--suite", "no_such_module:make", timeout=60)
-    assert proc.returncode != 0 and "no_such_module" in (proc.stderr + proc.stdout)
+    assert proc.returncode == 2 and "importing 'no_such_module' failed" in proc.stderr
+    proc = _simulate(tmp_path, "--mode", "mas", "--max-groups", "9", timeout=60)
+    assert proc.returncode == 2 and "max-groups = 9 but suite 'default' has only 8 tasks" in proc.stderr
     assert time.monotonic() - started < 60
+    assert not (tmp_path / "history.json").exists()  # nothing started
 
 
 def _wait_for_round(out: Path, round_: int, proc: subprocess.Popen, timeout: float) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.config import MODES, RunConfig
+from tasks.registry import load_suite
 
 # CLI flag -> run config key, for the options people change most; everything else via --set.
 COMMON_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -72,7 +73,10 @@ def run_config_from_args(args: argparse.Namespace, defaults: dict[str, Any]) -> 
     if args.resume:
         values["resume"] = True
     where = f"config file {args.config}" if args.config else "options"
-    return RunConfig.from_dict(values, where=where).to_dict()
+    cfg = RunConfig.from_dict(values, where=where)
+    # Load the suite here, in the launching process, so a bad suite fails before anything starts.
+    cfg.validate_against_suite(load_suite(cfg.suite).task_names, where=where)
+    return cfg.to_dict()
 
 
 def builtin_data_root() -> str:
