@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from coordinator.commands import prepare_data, simulate
+from coordinator.commands import certs, client, coordinator, keys, prepare_data, simulate
 from coordinator.config import ConfigError
 
-COMMANDS = (simulate, prepare_data)
+COMMANDS = (simulate, coordinator, client, prepare_data, certs, keys)
 
 
 def build_parser() -> argparse.ArgumentParser:

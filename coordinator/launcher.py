@@ -795,6 +795,27 @@ class FlwrCli:
         """`flwr stop ID`: ask the SuperLink to stop the run."""
         self._run_json(["stop", str(run_id), self.connection.name])
 
+    def list_runs(self) -> list[dict[str, Any]]:
+        """`flwr ls --format json`: every run the SuperLink knows (`run-id`, `status`, ...)."""
+        return list(self._run_json(["ls", self.connection.name]).get("runs") or [])
+
+    def register_supernode(self, public_key: Path, name: str | None = None) -> int:
+        """`flwr supernode register KEY.pub`: allow the node holding the matching private key
+        to connect (SuperLink started with `--enable-supernode-auth`); returns its node id.
+        Raises FlwrCliError (with "already in use" in it for a key registered before)."""
+        args = ["supernode", "register", str(Path(public_key).resolve()), self.connection.name]
+        if name:
+            args += ["--name", name]
+        return int(self._run_json(args)["node-id"])
+
+    def list_supernodes(self) -> list[dict[str, Any]]:
+        """`flwr supernode ls --format json`: one record per node (`node-id`, `status`, ...)."""
+        return list(self._run_json(["supernode", "ls", self.connection.name]).get("nodes") or [])
+
+    def unregister_supernode(self, node_id: int) -> None:
+        """`flwr supernode unregister NODE_ID`: revoke a node's key."""
+        self._run_json(["supernode", "unregister", str(node_id), self.connection.name])
+
     def log_stream_process(self, run_id: int) -> subprocess.Popen[str]:
         """Start `flwr log ID --stream` with a line-buffered text stdout; its stderr goes to
         `self.log_stderr_path(run_id)`."""

@@ -191,6 +191,9 @@ class Coordinator:
             pending = self._retries(sampled, valid, tried, load) if attempt < cfg.max_retries else []
             for node, g in pending:
                 outcome.events.append(f"retry group {g.gid} with client {self.clients[node].name}")
+        # Replies arrive in any order; fuse in client-name order so float sums are reproducible bitwise.
+        for reps in valid.values():
+            reps.sort(key=lambda rep: self.clients[rep.update.node_id].name)
         self._fuse(sampled, valid, outcome)
         return [rep for reps in valid.values() for rep in reps]
 

@@ -1,0 +1,255 @@
+"""`fedmtl client`: join a coordinator with this machine's private data folder.
+
+It checks the data folder (format: docs/deployment.md; `fedmtl prepare-data` writes examples),
+then runs a Flower SuperNode that connects to the coordinator's address over TLS with this
+client's key, trains the task groups the coordinator sends on the local data and returns only
+model updates and metrics. The data never leave this machine.
+
+The client serves the coordinator's runs until you stop it (Ctrl-C). It exits with status 1 and
+one clear line when the coordinator refuses it (key not registered, certificate not trusted or
+not matching the address) or cannot be reached for --max-wait seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from coordinator.deployment import (
+    LogFollower,
+    SuperNodeConfig,
+    SuperNodeProcess,
+    classify_supernode_output,
+    insecure_banner,
+)
+from coordinator.exposure import parse_hostport
+from tasks.local_dir import ClientDataError, read_client_dir
+
+#: SuperNode lines that tell nothing on a console (shown with --verbose only).
+_NOISE = tuple(re.compile(p) for p in (
+    r"^INFO :\s*$", r"^=== \d{4}-", r"^INFO:\s{4}", r"FastAPI lifespan", r"Received successfully",
+    r"Sent successfully", r"Start `flwr-clientapp` process", r"^INFO :\s+Sending: ", r"^Successfully installed ",
+    r"^INFO :\s+Starting Flower Super(Node|Exec)", r"^INFO :\s+\[RUN \d+(, ROUND [^\]]*)?\]$",
+))
+_RECEIVING = re.compile(r"Receiving: (\S+) message")
+_RUN_HEADER = re.compile(r"\[RUN (\d+)(?:, ROUND ([^\]]*))?\]")
+#: SuperNode lines after which it stops (or hangs): refusals, give-ups, Flower exit codes.
+_TRIGGERS = ("Exit Code:", "Giving up reconnection", "CERTIFICATE_VERIFY_FAILED", "Failed to activate SuperNode")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("client", help="join a coordinator with a private data folder (Flower SuperNode)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--coordinator", required=True, metavar="HOST:PORT",
+                   help="the coordinator's address, as covered by its TLS certificate (e.g. coord.example.org:9092)")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="this client's data folder")
+    p.add_argument("--name", default=None, help="name shown by the coordinator (default: the folder manifest's name)")
+    p.add_argument("--key", type=Path, default=None, metavar="NAME.key",
+                   help="this client's private key (`fedmtl keys create NAME`); required unless --insecure")
+    p.add_argument("--ca", type=Path, default=None, metavar="CA.crt",
+                   help="the federation's CA certificate (from the coordinator's `fedmtl certs`)")
+    p.add_argument("--insecure", action="store_true",
+                   help="NO TLS and NO authentication (only against a coordinator started with --insecure)")
+    p.add_argument("--max-wait", type=float, default=300.0, metavar="S",
+                   help="give up when the coordinator cannot be reached for this many seconds (default 300; "
+                        "long enough to ride out a coordinator restart)")
+    p.add_argument("--runtime-port", type=int, default=None,
+                   help="loopback port of the SuperNode's local Runtime API (default: a free one)")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="Flower home and SuperNode log (default: a temporary folder, removed at exit)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--quiet", action="store_true", help="print only fedmtl's own status lines")
+    out.add_argument("--verbose", action="store_true", help="print every line of the SuperNode")
+    p.set_defaults(func=run)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _fail(message: str) -> int:
+    print(f"fedmtl client: error: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def check(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict]:
+    """Validate everything before connecting; returns (name, manifest, tasks). Raises ValueError."""
+    try:
+        parse_hostport(args.coordinator)
+    except ValueError as exc:
+        raise ValueError(f"--coordinator: {exc}") from None
+    try:
+        manifest, tasks = read_client_dir(args.data)
+    except ClientDataError as exc:
+        raise ValueError(f"--data: {exc}") from None
+    try:  # a built-in or importable suite: check the tasks against it as the coordinator will
+        from tasks.registry import load_suite
+
+        suite = load_suite(str(manifest["suite"]))
+    except Exception:  # noqa: BLE001 - a suite only the coordinator knows: it checks on query
+        suite = None
+    if suite is not None:
+        try:
+            read_client_dir(args.data, suite=suite)
+        except ClientDataError as exc:
+            raise ValueError(f"--data: {exc}") from None
+    if args.insecure:
+        if args.key is not None:
+            raise ValueError("--key with --insecure: client authentication needs TLS (drop --insecure and pass --ca)")
+    else:
+        if args.key is None:
+            raise ValueError("TLS and client authentication are on: pass --key NAME.key (create it with "
+                             "`fedmtl keys create NAME --out DIR` and register NAME.pub on the coordinator), "
+                             "or --insecure against an insecure test coordinator")
+        _check_private_key(args.key)
+        if args.ca is not None:
+            _check_ca(args.ca)
+    name = args.name or str(manifest["name"])
+    if not name.strip():
+        raise ValueError("--name must not be empty")
+    return name, manifest, tasks
+
+
+def _check_private_key(path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    if not path.is_file():
+        raise ValueError(f"--key {path}: no such file")
+    try:
+        key = load_ssh_private_key(path.read_bytes(), None)
+    except Exception as exc:  # noqa: BLE001 - any parse error
+        raise ValueError(f"--key {path}: not an unencrypted OpenSSH private key ({exc}); "
+                         "create one with `fedmtl keys create NAME`") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"--key {path}: Flower needs an ECDSA key on a NIST curve (`fedmtl keys create` makes one)")
+
+
+def _check_ca(path: Path) -> None:
+    from cryptography import x509
+
+    if not path.is_file():
+        raise ValueError(f"--ca {path}: no such file")
+    try:
+        x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"--ca {path}: not a PEM certificate ({exc})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    name, _manifest, tasks = check(args)
+    if args.insecure:
+        print(insecure_banner("CLIENT"), file=sys.stderr, flush=True)
+    elif args.ca is None:
+        _say("fedmtl client: no --ca given: the coordinator's certificate is checked against this system's "
+             "trusted CAs (a private federation CA is not among them)")
+    summary = ", ".join(f"{t}:{d.num_train}" for t, d in sorted(tasks.items()))
+    security = "INSECURE" if args.insecure else f"TLS, key {args.key.name}"
+    _say(f"fedmtl client: {name} ({summary} training examples) -> coordinator {args.coordinator} ({security})")
+
+    tmp = None
+    work_dir = args.work_dir
+    if work_dir is None:
+        tmp = tempfile.mkdtemp(prefix=f"fedmtl-client-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-")
+        work_dir = Path(tmp)
+    node = SuperNodeProcess(SuperNodeConfig(
+        superlink=args.coordinator, data_dir=args.data, name=name, work_dir=work_dir,
+        private_key=None if args.insecure else args.key, root_certificates=args.ca, insecure=args.insecure,
+        max_wait_s=args.max_wait, runtime_port=args.runtime_port,
+    ))
+    previous = _sigterm_to_interrupt()
+    follower: LogFollower | None = None
+    try:
+        node.log_path.parent.mkdir(parents=True, exist_ok=True)
+        node.log_path.touch()
+        follower = LogFollower(node.log_path, start_at_end=True)
+        node.start()
+        return _watch(node, follower, args, name)
+    finally:
+        if follower is not None:
+            follower.close()
+        node.stop()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _watch(node: SuperNodeProcess, follower: LogFollower, args: argparse.Namespace, name: str) -> int:
+    """Relay the SuperNode's output; return when it is refused, loses the coordinator, or exits."""
+    connected = False
+    recent: list[str] = []
+    key = str(args.key) if args.key else None
+    t0 = time.monotonic()
+    while True:
+        line = follower.get(timeout=0.5)
+        if line is None:
+            if not node.is_running():
+                lines = follower.drain()
+                for ln in lines:
+                    _relay(ln, args)
+                recent += lines
+                text = "\n".join(recent)
+                why = classify_supernode_output(text, args.coordinator, connected=connected, key=key)
+                code = node.proc.returncode if node.proc is not None else None
+                return _fail(why or f"the SuperNode exited (status {code}); its last lines:\n" + "\n".join(recent[-15:]))
+            continue
+        recent = (recent + [line])[-200:]
+        _relay(line, args)
+        why = None
+        if not connected and "SuperNode ID:" in line:
+            connected = True
+            node_id = line.rsplit(":", 1)[1].strip()
+            _say(f"fedmtl client: {name} joined as node {node_id} ({time.monotonic() - t0:.1f}s); "
+                 "serving the coordinator's runs until Ctrl-C")
+        if any(t in line for t in _TRIGGERS):
+            # The explanation may be spread over the next lines: read them, then look at all together.
+            time.sleep(0.5)
+            more = follower.drain()
+            for ln in more:
+                _relay(ln, args)
+            recent += more
+            why = classify_supernode_output("\n".join(recent[-60:]), args.coordinator, connected=connected, key=key)
+        if why is not None:
+            return _fail(why)
+
+
+_last_header: list[str] = [""]
+
+
+def _relay(line: str, args: argparse.Namespace) -> None:
+    """Print a SuperNode line: all with --verbose; a short line per message and anything unusual otherwise."""
+    if args.verbose:
+        print(line, flush=True)
+        return
+    header = _RUN_HEADER.search(line)
+    if header:
+        _last_header[0] = f"run {header.group(1)}" + (f", {header.group(2)}" if header.group(2) else "")
+    if args.quiet:
+        return
+    received = _RECEIVING.search(line)
+    if received:
+        print(f"fedmtl client: {_last_header[0]}: {received.group(1)}", flush=True)
+        return
+    if any(p.search(line) for p in _NOISE):
+        return
+    print(line, flush=True)
+
+
+def _sigterm_to_interrupt() -> dict[int, Any]:
+    """SIGTERM and SIGINT stop the client like Ctrl-C (SIGINT set explicitly: a background job of a
+    non-interactive shell starts with it ignored). Returns the previous handlers."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return previous
