@@ -44,6 +44,7 @@ from tasks.models import join_state, split_state
 from tasks.registry import load_suite
 
 Log = Callable[[str], None]
+QUERY_BACKOFF = 3  # rounds before a node that failed its query is asked again
 
 
 class Coordinator:
@@ -68,6 +69,7 @@ class Coordinator:
         self.validation = ValidationPolicy(max_update_norm=cfg.max_update_norm or None)
         self.history = History(config=cfg.to_dict(), tasks=self.tasks)
         self.round = 0
+        self.unresponsive: dict[int, int] = {}  # node id -> round its query failed
 
     # ------------------------------------------------------------------ set-up
     def _new_tracker(self) -> AffinityTracker:
@@ -85,13 +87,16 @@ class Coordinator:
         deadline = time.monotonic() + timeout
         joined: list[ClientInfo] = []
         while True:
-            new = [n for n in self.grid.get_node_ids() if n not in self.clients]
+            new = [n for n in self.grid.get_node_ids() if n not in self.clients and self._may_query(n)]
             if new:
                 # Always give new nodes time to answer (a deployed node polls every 3 s and starts a
                 # ClientApp process): with timeout 0 (late joiners) send_and_receive would return
                 # before pulling any reply, and late joiners would never be picked up.
                 wait = min(max(timeout, 60.0), 120.0)
                 replies = M.send(self.grid, [M.query_message(n, self.cfg) for n in new], timeout=wait)
+                answered = {reply.metadata.src_node_id for reply in replies if not reply.has_error()}
+                for node in set(new) - answered:  # ask again only after QUERY_BACKOFF rounds
+                    self.unresponsive[node] = self.round
                 for reply in replies:
                     node = reply.metadata.src_node_id
                     if reply.has_error():
@@ -112,6 +117,12 @@ class Coordinator:
         if len(self.clients) < wait_for:
             raise RuntimeError(f"only {len(self.clients)} of the {wait_for} required clients joined within {timeout:.0f}s")
         return joined
+
+    def _may_query(self, node: int) -> bool:
+        """A node that failed or ignored a query is asked again only every QUERY_BACKOFF rounds,
+        so one broken client cannot stall every round's discovery."""
+        failed = self.unresponsive.get(node)
+        return failed is None or self.round - failed >= QUERY_BACKOFF
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> History:

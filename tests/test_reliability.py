@@ -73,3 +73,18 @@ def test_retry_uses_other_clients_when_quorum_missed(tmp_path):
     r1 = history.rounds[1]
     assert any(e.startswith("retry group") for e in r1["events"])
     assert len(r1["clients"]) >= 3
+
+
+def test_a_client_that_cannot_describe_its_data_is_asked_again_only_after_a_backoff(tmp_path):
+    from coordinator.loop import QUERY_BACKOFF
+
+    grid = InProcessGrid(3)
+    broken = grid.add_node({})  # no data-dir and no partition: its query handler raises
+    cfg = RunConfig.from_dict({"suite": "tiny", "rounds": 4, "min-clients": 3, "out": str(tmp_path), "plots": False,
+                               "affinity-every": 0, "local-steps": 2})
+    logs = []
+    history = Coordinator(grid, cfg, log=logs.append).run()
+    queries = [m for m in grid.sent if m.metadata.dst_node_id == broken and m.metadata.message_type == "query"]
+    assert len(queries) == 1 + (cfg.rounds - 1) // QUERY_BACKOFF
+    assert any(f"client {broken} failed to describe its data" in line and "partition-id" in line for line in logs)
+    assert all(broken not in r["clients"] for r in history.rounds)
