@@ -296,7 +296,7 @@ class SuperNodeProcess:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=self.env(), cwd=str(cfg.work_dir),
                                          start_new_session=True)
-        self._reaper = launcher._spawn_reaper(self.tag)  # kills the SuperNode if we are SIGKILLed
+        self._reaper = launcher.spawn_reaper(self.tag)  # kills the SuperNode if we are SIGKILLed
         return self
 
     def is_running(self) -> bool:
@@ -467,7 +467,7 @@ def coordinator_connection(run_dir: Path) -> tuple[FlwrCli, dict[str, Any]]:
     except (OSError, json.JSONDecodeError):
         raise DeploymentError(f"no coordinator has run in {run_dir} ({info_path} missing)") from None
     pid = int(info.get("pid", 0))
-    alive = pid > 0 and Path(f"/proc/{pid}").exists() and launcher._start_time(pid) == info.get("pid_start")
+    alive = pid > 0 and Path(f"/proc/{pid}").exists() and launcher.process_start_time(pid) == info.get("pid_start")
     if not alive or info.get("state") != "running":
         raise DeploymentError(f"the coordinator of {run_dir} is not running")
     conn = SuperLinkConnection(CONNECTION_NAME, info["superlink"], insecure=bool(info["insecure"]),
@@ -579,7 +579,7 @@ class CoordinatorService:
         info = {
             "state": state,
             "pid": os.getpid(),
-            "pid_start": launcher._start_time(os.getpid()),
+            "pid_start": launcher.process_start_time(os.getpid()),
             "public": s.public,
             "superlink": self.link.address if self.link.port else None,
             "insecure": s.insecure,
@@ -647,7 +647,7 @@ class CoordinatorService:
         tail: deque[str] = deque(maxlen=400)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            info = launcher._follow_run(_Watched(self.link, self.gateway), self.cli, self.run_id, on_line, tail,
+            info = launcher.follow_run(_Watched(self.link, self.gateway), self.cli, self.run_id, on_line, tail,
                                         deadline, timeout_s, True)
         except SimulationFailed as exc:
             raise DeploymentFailed(str(exc).replace("SuperLink died", "coordinator's SuperLink or gateway died"),
@@ -656,8 +656,8 @@ class CoordinatorService:
         self._finished = True
         status = str(info.get("status", "unknown"))
         details = str(info.get("status-details", ""))
-        if status != launcher._COMPLETED:
-            error_text = launcher._error_text(list(tail))
+        if status != launcher.COMPLETED:
+            error_text = launcher.error_text(list(tail))
             raise DeploymentFailed(
                 f"run {self.run_id} ended with status {status}: {details}" + (f"\n{error_text}" if error_text else ""),
                 status=status, details=details, error_text=error_text, run_id=self.run_id, log_tail=list(tail))
@@ -688,7 +688,7 @@ class CoordinatorService:
 
 
 class _Watched:
-    """What `launcher._follow_run` needs of a SuperLink: alive only while the gateway is too."""
+    """What `launcher.follow_run` needs of a SuperLink: alive only while the gateway is too."""
 
     def __init__(self, link: SuperLinkProcess, gateway: GatewayProcess | None) -> None:
         self._link = link

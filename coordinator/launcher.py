@@ -111,7 +111,7 @@ QUIET_ENV = {
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _FINISHED = "finished"
-_COMPLETED = "finished:completed"
+COMPLETED = "finished:completed"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +350,7 @@ except OSError:  # pragma: no cover
     _LIBC = None
 
 
-def _start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
     """The kernel's start time of a process (with the pid, it identifies the process)."""
     try:
         data = Path(f"/proc/{pid}/stat").read_text()
@@ -364,7 +364,7 @@ def _reap_when_parent_dies(parent: int, parent_start: str, tag: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal Ctrl-C is the parent's business
     family = ProcessFamily(tag)
     next_scan = 0.0
-    while _start_time(parent) == parent_start:
+    while process_start_time(parent) == parent_start:
         if time.monotonic() >= next_scan:  # learn the family's sessions while it is intact
             family.scan()
             next_scan = time.monotonic() + 2.0
@@ -372,13 +372,13 @@ def _reap_when_parent_dies(parent: int, parent_start: str, tag: str) -> None:
     family.kill(term_wait_s=5.0)
 
 
-def _spawn_reaper(tag: str) -> subprocess.Popen[bytes] | None:
+def spawn_reaper(tag: str) -> subprocess.Popen[bytes] | None:
     """Start a reaper: a small process in its own session that outlives us if we are
     SIGKILLed (or crash) and then kills our processes' family (SIGTERM, 5 s, SIGKILL). Without
     it an orphaned `flwr-simulation` lingers ~45 s and leaves Ray's agents running for ever.
     None where /proc is not available."""
     me = os.getpid()
-    start = _start_time(me)
+    start = process_start_time(me)
     if start is None:
         return None
     env = {k: v for k, v in os.environ.items() if k != ENV_TAG}
@@ -568,7 +568,7 @@ class SuperLinkProcess:
             start_new_session=True,  # Ctrl-C in our terminal must not hit it before we stop runs
         )
         if cfg.die_with_parent and self._reaper is None:
-            self._reaper = _spawn_reaper(self.tag)
+            self._reaper = spawn_reaper(self.tag)
         self._wait_healthy()
 
     def _wait_healthy(self) -> None:
@@ -998,7 +998,7 @@ def _install_sigterm_handler() -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
-def _error_text(lines: Sequence[str], max_lines: int = 80) -> str:
+def error_text(lines: Sequence[str], max_lines: int = 80) -> str:
     """The last traceback in the streamed log (with the `ERROR` line announcing it), if any."""
     starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
     if not starts:
@@ -1026,7 +1026,7 @@ def is_noise(line: str) -> bool:
     return any(p.search(line) for p in NOISE_PATTERNS)
 
 
-def _follow_run(link: SuperLinkProcess, cli: FlwrCli, run_id: int, on_line: Callable[[str], None],
+def follow_run(link: SuperLinkProcess, cli: FlwrCli, run_id: int, on_line: Callable[[str], None],
                 tail: deque[str], deadline: float | None, timeout_s: float | None,
                 filter_noise: bool) -> dict[str, Any]:
     """Stream the run's log to `on_line` until the run is finished; return its `flwr ls` record.
@@ -1163,15 +1163,15 @@ def run_simulation_app(
             raise SimulationFailed(f"the run was not accepted: {err}", status="not-submitted",
                                    details=str(err)) from err
         on_line(f"[launcher] run {run_id} submitted ({time.monotonic() - t_start:.1f}s)")
-        info = _follow_run(link, cli, run_id, on_line, tail, deadline, timeout_s, filter_noise)
+        info = follow_run(link, cli, run_id, on_line, tail, deadline, timeout_s, filter_noise)
         finished = True
         status = str(info.get("status", "unknown"))
         details = str(info.get("status-details", ""))
-        if status != _COMPLETED:
-            error_text = _error_text(list(tail))
+        if status != COMPLETED:
+            text = error_text(list(tail))
             raise SimulationFailed(
-                f"run {run_id} ended with status {status}: {details}" + (f"\n{error_text}" if error_text else ""),
-                status=status, details=details, error_text=error_text, run_id=run_id, log_tail=list(tail))
+                f"run {run_id} ended with status {status}: {details}" + (f"\n{text}" if text else ""),
+                status=status, details=details, error_text=text, run_id=run_id, log_tail=list(tail))
         on_line(f"[launcher] run {run_id}: {status} ({time.monotonic() - t_start:.1f}s)")
         return status
     finally:

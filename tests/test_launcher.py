@@ -286,9 +286,9 @@ def test_error_text_takes_the_last_traceback() -> None:
     lines = ["INFO :      Starting", "[tiny] nodes: 2", "ERROR :     Simulation raised an exception",
              "Traceback (most recent call last):", '  File "x.py", line 1, in main',
              "RuntimeError: boom", "ERROR :     Exit Code: 700"]
-    text = launcher._error_text(lines)
+    text = launcher.error_text(lines)
     assert text.startswith("ERROR :     Simulation raised an exception") and "RuntimeError: boom" in text
-    assert launcher._error_text(["INFO : fine"]) == ""
+    assert launcher.error_text(["INFO : fine"]) == ""
 
 
 def test_free_port_is_bindable() -> None:
