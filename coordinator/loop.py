@@ -107,6 +107,9 @@ class Coordinator:
                     if unknown:
                         self.log(f"  client {info.name} ({node}) holds tasks {unknown} unknown to suite {self.cfg.suite!r}: ignored")
                         info.tasks = [t for t in info.tasks if t in self.tasks]
+                    for old_node in [n for n, c in self.clients.items() if c.name == info.name]:
+                        del self.clients[old_node]  # the same client re-joined under a new node id
+                        self.log(f"  {info.name} re-joined as node {node} (was node {old_node})")
                     self.clients[node] = info
                     joined.append(info)
                     examples = ", ".join(f"{t}:{info.train_examples[t]}" for t in info.tasks)
@@ -117,6 +120,12 @@ class Coordinator:
         if len(self.clients) < wait_for:
             raise RuntimeError(f"only {len(self.clients)} of the {wait_for} required clients joined within {timeout:.0f}s")
         return joined
+
+    def live_clients(self) -> dict[int, ClientInfo]:
+        """Known clients whose nodes Flower still lists as connected: a SuperNode that died drops
+        out here, so no round waits for it (it is picked up again if it re-joins)."""
+        online = set(self.grid.get_node_ids())
+        return {n: c for n, c in self.clients.items() if n in online}
 
     def _may_query(self, node: int) -> bool:
         """A node that failed or ignored a query is asked again only every QUERY_BACKOFF rounds,
@@ -173,8 +182,9 @@ class Coordinator:
         cfg = self.cfg
         # Scheduler ids are positions in the name-sorted client list: stable across a resume,
         # unlike Flower node ids, so a resumed run schedules exactly as an uninterrupted one.
-        names = sorted(info.name for info in self.clients.values())
-        node_of = {info.name: node for node, info in self.clients.items()}
+        live = self.live_clients()
+        names = sorted(info.name for info in live.values())
+        node_of = {info.name: node for node, info in live.items()}
         client_tasks = {i: self.clients[node_of[name]].tasks for i, name in enumerate(names)}
         assignment = schedule_round(
             [g.tasks for g in self.groups], client_tasks, cfg.client_capacity, cfg.fraction,
@@ -199,7 +209,7 @@ class Coordinator:
                 tried[g.gid].add(node)
                 load[node] += 1
             self._train_once(r, pending, valid, outcome)
-            pending = self._retries(sampled, valid, tried, load) if attempt < cfg.max_retries else []
+            pending = self._retries(live, sampled, valid, tried, load) if attempt < cfg.max_retries else []
             for node, g in pending:
                 outcome.events.append(f"retry group {g.gid} with client {self.clients[node].name}")
         # Replies arrive in any order; fuse in client-name order so float sums are reproducible bitwise.
@@ -255,7 +265,7 @@ class Coordinator:
     def _needed(self, sampled: int) -> int:
         return max(1, math.ceil(self.cfg.quorum * sampled))
 
-    def _retries(self, sampled, valid, tried, load) -> list[tuple[int, TaskGroup]]:
+    def _retries(self, live, sampled, valid, tried, load) -> list[tuple[int, TaskGroup]]:
         """Other clients for groups short of a quorum of valid replies (capacity still respected)."""
         extra = []
         for g in self.groups:
@@ -263,7 +273,7 @@ class Coordinator:
             if deficit <= 0:
                 continue
             candidates = sorted(
-                (n for n, info in self.clients.items()
+                (n for n, info in live.items()
                  if n not in tried[g.gid] and load[n] < self.cfg.client_capacity and set(info.tasks) & set(g.tasks)),
                 key=lambda n: self.clients[n].name,
             )
@@ -385,7 +395,7 @@ class Coordinator:
         """Each group's model on the test split of every client holding its tasks, pooled per task."""
         messages = []
         for g in self.groups:
-            for node, info in sorted(self.clients.items()):
+            for node, info in sorted(self.live_clients().items()):
                 tasks = [t for t in g.tasks if t in info.tasks]
                 if tasks:
                     messages.append((M.evaluate_message(node, g, tasks, self.cfg, r), tasks))

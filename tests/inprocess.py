@@ -33,6 +33,10 @@ class InProcessGrid(Grid):
         self.sent: list[Message] = []
         self.replies: list[Message] = []
 
+    def remove_node(self, node_id: int) -> None:
+        """The node dies: Flower stops listing it and messages to it are never answered."""
+        del self.contexts[node_id]
+
     def add_node(self, config: dict) -> int:
         node_id = max(self.contexts) + 1
         self.contexts[node_id] = Context(run_id=1, node_id=node_id, node_config=config, state=RecordDict(), run_config={})
@@ -68,7 +72,7 @@ class InProcessGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
         self.sent.extend(messages)
-        futures = [self.pool.submit(self._deliver, m) for m in messages]
+        futures = [self.pool.submit(self._deliver, m) for m in messages if m.metadata.dst_node_id in self.contexts]
         done, _ = cf.wait(futures, timeout=timeout)
         replies = [f.result() for f in futures if f in done]
         self.replies.extend(replies)

@@ -88,3 +88,28 @@ def test_a_client_that_cannot_describe_its_data_is_asked_again_only_after_a_back
     assert len(queries) == 1 + (cfg.rounds - 1) // QUERY_BACKOFF
     assert any(f"client {broken} failed to describe its data" in line and "partition-id" in line for line in logs)
     assert all(broken not in r["clients"] for r in history.rounds)
+
+
+def test_a_node_that_dies_is_no_longer_scheduled_or_evaluated_and_a_rejoin_is_picked_up(tmp_path):
+    grid = InProcessGrid(4)
+    cfg = RunConfig.from_dict({"suite": "tiny", "rounds": 4, "min-clients": 4, "out": str(tmp_path), "plots": False,
+                               "affinity-every": 0, "local-steps": 2, "round-timeout": 30.0})
+    coordinator = Coordinator(grid, cfg, log=lambda line: None)
+    victim = sorted(grid.contexts)[0]
+    victim_config = dict(grid.contexts[victim].node_config)
+    original = coordinator.run_round
+
+    def run_round(r):
+        if r == 2:
+            grid.remove_node(victim)  # dies between rounds 1 and 2
+        if r == 4:
+            grid.add_node(victim_config)  # the same client comes back under a new node id
+        return original(r)
+
+    coordinator.run_round = run_round
+    history = coordinator.run()
+    to_victim = [m.metadata.message_type for m in grid.sent if m.metadata.dst_node_id == victim]
+    assert to_victim.count("train") == 1  # round 1 only
+    assert all(len(r["dropped"]) == 0 for r in history.rounds)  # nobody waited for a dead node
+    assert len(history.rounds[4]["clients"]) == 4  # the re-joined client trains again in round 4
+    assert victim not in coordinator.clients
