@@ -45,7 +45,7 @@ import ipaddress
 import logging
 import ssl
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from coordinator.state import TaskGroup
 from strategies.fusion import fuse_states
 from tasks.models import split_state
@@ -36,7 +34,3 @@ def merge_groups(groups: list[TaskGroup], gid: int, task_order: list[str]) -> Ta
     heads = {t: h for g in groups for t, h in g.heads.items()}
     tasks = [t for t in task_order if t in heads]
     return TaskGroup(gid=gid, tasks=tasks, body=body, heads={t: heads[t] for t in tasks})
-
-
-def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in state.items()}

@@ -6,9 +6,10 @@
  3. sends every (client, group) pair the group's model in one `send_and_receive`,
  4. validates each reply and fuses the valid ones per group (ColD Fusion: body mean, heads per task),
     retrying a group with other clients when fewer than a quorum answered validly,
- 5. folds the clients' affinity measurements into the tracker and, when the merge/split plan says
-    so, splits or merges the groups,
- 6. evaluates every group on its clients' test splits, records history and checkpoints.
+ 5. folds the clients' affinity measurements into the trackers,
+ 6. evaluates every group on its clients' test splits (the models as trained this round),
+ 7. splits or merges the groups when the merge/split plan says so,
+ 8. records the history, the models and a checkpoint.
 The set of groups is plain data (`self.groups`), so modes differ only in the plan.
 """
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
@@ -145,7 +144,3 @@ def send(grid: Grid, messages: list[Message], timeout: float | None) -> list[Mes
     if not messages:
         return []
     return list(grid.send_and_receive(messages, timeout=timeout))
-
-
-def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in state.items()}

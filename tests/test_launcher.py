@@ -8,7 +8,6 @@ that nothing the launcher started is left running. The other tests need no proce
 from __future__ import annotations
 
 import os
-import textwrap
 import tomllib
 from pathlib import Path
 

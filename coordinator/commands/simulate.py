@@ -8,7 +8,6 @@ and tears everything down at the end, also on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from coordinator.commands.common import add_run_options, builtin_data_root, run_config_from_args
