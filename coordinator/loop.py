@@ -86,6 +86,7 @@ class Coordinator:
     def discover(self, wait_for: int, timeout: float) -> list[ClientInfo]:
         """Ask every node we have not met yet what it holds; wait until `wait_for` clients are known."""
         deadline = time.monotonic() + timeout
+        next_note = time.monotonic() + 5.0
         joined: list[ClientInfo] = []
         while True:
             new = [n for n in self.grid.get_node_ids() if n not in self.clients and self._may_query(n)]
@@ -117,6 +118,10 @@ class Coordinator:
                     self.log(f"  joined: {info.name} (node {node}, {info.device}) tasks {examples}")
             if len(self.clients) >= wait_for or time.monotonic() > deadline:
                 break
+            if time.monotonic() >= next_note:
+                self.log(f"  waiting for clients: {len(self.clients)} of {wait_for} joined "
+                         f"({deadline - time.monotonic():.0f}s left of min-clients-timeout)")
+                next_note = time.monotonic() + 15.0
             time.sleep(1.0)
         if len(self.clients) < wait_for:
             raise RuntimeError(f"only {len(self.clients)} of the {wait_for} required clients joined within {timeout:.0f}s")
