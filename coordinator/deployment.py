@@ -1,6 +1,6 @@
-"""Real deployments: the coordinator service and the clients that join it from other machines.
+"""Real deployments, coordinator side: the coordinator service that clients join from other machines.
 
-`fedmtl coordinator` and `fedmtl client` are thin command lines over this module:
+`fedmtl coordinator` and `fedmtl keys` are thin command lines over this module:
 
 * `CoordinatorService` starts `flower-superlink` on 127.0.0.1 only (TLS + SuperNode
   authentication unless `insecure`; state in `RUN_DIR/state.db`, Flower home in
@@ -9,11 +9,13 @@
   loopback connection for the `flwr` CLI, registers the client public keys found in the
   authorized-keys folder, submits the fedmtl app with a run config and follows its log until the
   run is finished. `stop()` tears all of it down; every process carries the SuperLink's marker
-  (`launcher.ENV_TAG`), so the SuperLink's reaper also kills the gateway if the coordinator is
+  (`processes.ENV_TAG`), so the SuperLink's reaper also kills the gateway if the coordinator is
   SIGKILLed.
-* `SuperNodeProcess` runs `flower-supernode` for one client (its node config in a TOML file:
-  `data-dir`, `name`), reads its output from a log file (not a pipe: see docs/security.md), and
-  turns Flower's refusal messages into one clear line (`classify_supernode_output`).
+* `register_keys`, `coordinator_connection` and friends keep the record of registered client
+  keys (`RUN_DIR/registered_keys.json`) and reach a running coordinator's SuperLink.
+
+The client side (`SuperNodeProcess`, `LogFollower`, `classify_supernode_output`) lives in
+`coordinator/supernode.py`; its names stay importable from here.
 
 Everything here was checked with flwr 1.41 on loopback and across network namespaces
 (tests/test_deployment.py).
@@ -24,36 +26,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import signal
 import subprocess
-import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from coordinator import launcher
 from coordinator.exposure import GatewayConfig, gateway_command, parse_hostport
-from coordinator.launcher import (
-    ENV_TAG,
-    FlwrCli,
-    FlwrCliError,
-    ProcessFamily,
-    SimulationFailed,
-    SuperLinkConfig,
-    SuperLinkConnection,
-    SuperLinkProcess,
-    TlsFiles,
-    child_env,
-    flower_bin_dir,
-    free_port,
-)
+from coordinator.flwr_cli import FlwrCli, FlwrCliError, SuperLinkConnection
+from coordinator.launcher import SimulationFailed
+from coordinator.processes import ENV_TAG, log_tail, process_start_time
 from coordinator.security import (
     CA_CERT_NAME,
     SERVER_CERT_NAME,
@@ -64,6 +50,8 @@ from coordinator.security import (
     load_client_public_key,
     public_key_fingerprint,
 )
+from coordinator.superlink import SuperLinkConfig, SuperLinkProcess, TlsFiles, child_env
+from coordinator.supernode import LogFollower, SuperNodeConfig, SuperNodeProcess, classify_supernode_output
 
 __all__ = [
     "AUTHORIZED_KEYS_DIR",
@@ -110,222 +98,6 @@ def insecure_banner(what: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Following a growing log file
-# ---------------------------------------------------------------------------------------------
-
-
-class LogFollower:
-    """Complete lines appended to a file, read by a background thread into a queue.
-
-    Flower processes leave children holding inherited pipes open after they exit, so their
-    output goes to files and is followed here instead (docs/security.md, Pitfalls).
-    """
-
-    def __init__(self, path: Path, start_at_end: bool = True) -> None:
-        self.path = Path(path)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self._stop = threading.Event()
-        self._offset = self.path.stat().st_size if start_at_end and self.path.exists() else 0
-        self._thread = threading.Thread(target=self._run, name=f"follow-{self.path.name}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        buf = b""
-        while not self._stop.is_set():
-            try:
-                with open(self.path, "rb") as f:
-                    f.seek(self._offset)
-                    data = f.read()
-            except OSError:
-                data = b""
-            if data:
-                self._offset += len(data)
-                buf += data
-                *complete, buf = buf.split(b"\n")
-                for raw in complete:
-                    self.lines.put(launcher.strip_ansi(raw.decode(errors="replace")).rstrip("\r"))
-            else:
-                self._stop.wait(0.1)
-
-    def get(self, timeout: float) -> str | None:
-        try:
-            return self.lines.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def drain(self) -> list[str]:
-        """Whatever has been read so far (after a short pause for the last writes)."""
-        time.sleep(0.2)
-        out = []
-        while True:
-            try:
-                out.append(self.lines.get_nowait())
-            except queue.Empty:
-                return out
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-
-
-def _tail(path: Path, n: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-# ---------------------------------------------------------------------------------------------
-# flower-supernode
-# ---------------------------------------------------------------------------------------------
-
-
-def classify_supernode_output(text: str, coordinator: str, *, connected: bool = False,
-                              key: str | None = None) -> str | None:
-    """One clear sentence for a refusal or loss that `flower-supernode` printed, else None.
-
-    The signatures are those measured in docs/security.md (flwr 1.41).
-    """
-    if "Failed to activate SuperNode" in text:
-        name = Path(key).with_suffix(".pub").name if key else "NAME.pub"
-        return (f"the coordinator at {coordinator} refused this client's key: it is not registered there "
-                f"(on the coordinator host run `fedmtl keys register {name} --run-dir RUN_DIR`)")
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        if "mismatch" in text:
-            return (f"the coordinator's TLS certificate does not cover the address {coordinator}: dial a name "
-                    "or IP listed in it, or recreate it with `fedmtl certs --host <that address>`")
-        if "expired" in text:
-            return f"the coordinator's TLS certificate at {coordinator} has expired: recreate it with `fedmtl certs`"
-        return (f"could not verify the TLS certificate of {coordinator}: wrong or missing CA certificate "
-                "(pass the federation's ca.crt with --ca)")
-    if "Unable to parse the private key file" in text or "Exit Code: 302" in text:
-        return f"the private key {key or ''} could not be read: it must be an ECDSA key made by `fedmtl keys create`"
-    if "Exit Code: 303" in text:
-        return "client authentication needs TLS: do not combine --insecure with --key"
-    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text or "packet length too long" in text:
-        return (f"{coordinator} does not speak TLS (a coordinator started with --insecure?): "
-                "ask for its ca.crt, or use --insecure on a trusted test network only")
-    if "Giving up reconnection" in text or "Exit Code: 305" in text:
-        if connected:
-            return f"lost the coordinator at {coordinator}: no answer within --max-wait"
-        if "Server disconnected without sending a response" in text:
-            return (f"{coordinator} closed the connection without an answer: a coordinator with TLS contacted "
-                    "with --insecure? (pass --ca ca.crt and --key instead)")
-        return f"the coordinator at {coordinator} is unreachable (connection refused or no answer within --max-wait)"
-    return None
-
-
-@dataclass
-class SuperNodeConfig:
-    """How to start `flower-supernode` for one client.
-
-    `superlink` is the coordinator's public HOST:PORT (the Fleet gateway). `work_dir` holds the
-    SuperNode's Flower home (unpacked app bundles), its node config file and its log.
-    `runtime_port=None` picks a free port for the SuperNode's local Runtime API (several clients
-    on one host need different ones). `max_wait_s` bounds every reconnection (Flower retries
-    for ever otherwise).
-    """
-
-    superlink: str
-    data_dir: Path
-    name: str
-    work_dir: Path
-    private_key: Path | None = None
-    root_certificates: Path | None = None
-    insecure: bool = False
-    max_wait_s: float = 300.0
-    runtime_port: int | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    extra_args: Sequence[str] = ()
-
-    def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir).resolve()
-        self.work_dir = Path(self.work_dir).resolve()
-        if self.insecure and self.private_key is not None:
-            raise ValueError("client authentication needs TLS: do not combine --insecure with --key")
-        if not self.insecure and self.private_key is None:
-            raise ValueError("TLS and client authentication are on: a private key is required (or --insecure)")
-
-
-class SuperNodeProcess:
-    """One `flower-supernode` child with everything it starts (SuperExec, ClientApp processes)."""
-
-    def __init__(self, config: SuperNodeConfig) -> None:
-        self.config = config
-        self.tag = uuid.uuid4().hex
-        self.family = ProcessFamily(self.tag)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port: int | None = config.runtime_port
-        self.log_path = config.work_dir / "supernode.log"
-        self.node_config_path = config.work_dir / "node-config.toml"
-        self._reaper: subprocess.Popen[bytes] | None = None
-
-    @property
-    def flwr_home(self) -> Path:
-        return self.config.work_dir / "flwr_home"
-
-    def command(self) -> list[str]:
-        cfg = self.config
-        cmd = [str(flower_bin_dir() / "flower-supernode"), "--superlink", cfg.superlink,
-               "--port", str(self.port), "--node-config", str(self.node_config_path),
-               "--max-wait-time", f"{cfg.max_wait_s:g}"]
-        if cfg.insecure:
-            cmd.append("--insecure")
-        else:
-            if cfg.root_certificates is not None:
-                cmd += ["--root-certificates", str(Path(cfg.root_certificates).resolve())]
-            cmd += ["--auth-supernode-private-key", str(Path(cfg.private_key).resolve())]  # type: ignore[arg-type]
-        return cmd + list(cfg.extra_args)
-
-    def env(self) -> dict[str, str]:
-        env = child_env({"FLWR_HOME": str(self.flwr_home), ENV_TAG: self.tag, **self.config.env})
-        for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
-            env.pop(k, None)  # the coordinator is dialled directly
-        return env
-
-    def start(self) -> SuperNodeProcess:
-        cfg = self.config
-        cfg.work_dir.mkdir(parents=True, exist_ok=True)
-        self.flwr_home.mkdir(parents=True, exist_ok=True)
-        self.node_config_path.write_text(tomli_w.dumps({"data-dir": str(cfg.data_dir), "name": cfg.name}))
-        if self.port is None:
-            self.port = free_port("127.0.0.1")
-        with open(self.log_path, "ab") as log:
-            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=self.env(), cwd=str(cfg.work_dir),
-                                         start_new_session=True)
-        self._reaper = launcher.spawn_reaper(self.tag)  # kills the SuperNode if we are SIGKILLed
-        return self
-
-    def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM (the SuperNode leaves the federation cleanly), then kill its whole family."""
-        proc = self.proc
-        if proc is not None:
-            self.family.scan([proc.pid])
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=grace_s)
-            self.family.kill([proc.pid] if proc.poll() is None else [], term_wait_s=2.0)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=2)
-        self.proc = None
-        if self._reaper is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self._reaper.kill()
-            self._reaper.wait()
-            self._reaper = None
-
-
-# ---------------------------------------------------------------------------------------------
 # Fleet gateway
 # ---------------------------------------------------------------------------------------------
 
@@ -359,11 +131,11 @@ class GatewayProcess:
                 if "address already in use" in text.lower() or "errno 98" in text.lower():
                     why = f"{self.config.listen} is already in use (another coordinator?); "
                 raise DeploymentError(f"the Fleet gateway did not start: {why}its log ({self.log_path}) ends:\n"
-                                      f"{_tail(self.log_path, 15)}")
+                                      f"{log_tail(self.log_path, 15)}")
             time.sleep(0.1)
         self.stop()
         raise DeploymentError(f"the Fleet gateway did not start within {self.startup_timeout_s:.0f}s; "
-                              f"its log ({self.log_path}) ends:\n{_tail(self.log_path, 15)}")
+                              f"its log ({self.log_path}) ends:\n{log_tail(self.log_path, 15)}")
 
     def _log_since(self, offset: int) -> str:
         try:
@@ -467,7 +239,7 @@ def coordinator_connection(run_dir: Path) -> tuple[FlwrCli, dict[str, Any]]:
     except (OSError, json.JSONDecodeError):
         raise DeploymentError(f"no coordinator has run in {run_dir} ({info_path} missing)") from None
     pid = int(info.get("pid", 0))
-    alive = pid > 0 and Path(f"/proc/{pid}").exists() and launcher.process_start_time(pid) == info.get("pid_start")
+    alive = pid > 0 and Path(f"/proc/{pid}").exists() and process_start_time(pid) == info.get("pid_start")
     if not alive or info.get("state") != "running":
         raise DeploymentError(f"the coordinator of {run_dir} is not running")
     conn = SuperLinkConnection(CONNECTION_NAME, info["superlink"], insecure=bool(info["insecure"]),
@@ -579,7 +351,7 @@ class CoordinatorService:
         info = {
             "state": state,
             "pid": os.getpid(),
-            "pid_start": launcher.process_start_time(os.getpid()),
+            "pid_start": process_start_time(os.getpid()),
             "public": s.public,
             "superlink": self.link.address if self.link.port else None,
             "insecure": s.insecure,

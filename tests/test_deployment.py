@@ -32,14 +32,10 @@ from typing import Any
 import pytest
 
 from coordinator import cli
-from coordinator.deployment import (
-    COORDINATOR_INFO,
-    SuperNodeConfig,
-    SuperNodeProcess,
-    classify_supernode_output,
-)
-from coordinator.launcher import free_port
+from coordinator.deployment import COORDINATOR_INFO
+from coordinator.processes import free_port
 from coordinator.security import certificate_covers, certificate_sans
+from coordinator.supernode import SuperNodeConfig, SuperNodeProcess, classify_supernode_output
 
 try:  # works whether or not tests/ is a package
     from tests.netns import NetnsLan, skip_unless_netns, stop_processes

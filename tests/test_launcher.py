@@ -14,18 +14,10 @@ from pathlib import Path
 import pytest
 
 from coordinator import launcher
-from coordinator.launcher import (
-    FlwrCli,
-    SimulationFailed,
-    SimulationResources,
-    SuperLinkConfig,
-    SuperLinkConnection,
-    SuperLinkProcess,
-    check_fab,
-    find_tagged_processes,
-    free_port,
-    run_simulation_app,
-)
+from coordinator.flwr_cli import FlwrCli, SuperLinkConnection
+from coordinator.launcher import SimulationFailed, SimulationResources, check_fab, run_simulation_app
+from coordinator.processes import find_tagged_processes, free_port
+from coordinator.superlink import SuperLinkConfig, SuperLinkProcess
 
 TINY_PYPROJECT = """\
 [build-system]

@@ -22,14 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from coordinator.deployment import (
-    LogFollower,
-    SuperNodeConfig,
-    SuperNodeProcess,
-    classify_supernode_output,
-    insecure_banner,
-)
+from coordinator.deployment import insecure_banner
 from coordinator.exposure import parse_hostport
+from coordinator.supernode import LogFollower, SuperNodeConfig, SuperNodeProcess, classify_supernode_output
 from tasks.local_dir import ClientDataError, read_client_dir
 
 #: SuperNode lines that tell nothing on a console (shown with --verbose only).

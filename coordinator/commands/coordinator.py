@@ -39,7 +39,8 @@ from coordinator.deployment import (
     DeploymentFailed,
     insecure_banner,
 )
-from coordinator.launcher import SuperLinkError, check_fab
+from coordinator.launcher import check_fab
+from coordinator.superlink import SuperLinkError
 
 DEFAULT_RUN_DIR = Path("runs/coordinator")
 DEFAULT_HOST = "0.0.0.0"

@@ -29,7 +29,7 @@ from coordinator.deployment import (
     read_registered,
     register_keys,
 )
-from coordinator.launcher import FlwrCliError
+from coordinator.flwr_cli import FlwrCliError
 from coordinator.security import SecurityError, create_client_keypair, load_client_public_key, public_key_fingerprint
 
 
