@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -48,7 +47,6 @@ class TrainResult:
     affinity_seconds: float = 0.0
     lookahead: AffinityStats | None = None
     cosine: AffinityStats | None = None
-    first_loss: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,7 +101,6 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
     lookahead = AffinityStats(list(tasks)) if measure else None
     cosine = AffinityStats(list(tasks)) if measure else None
     loss_sums = {t: 0.0 for t in tasks}
-    first_loss: dict[str, float] = {}
     affinity_seconds = 0.0
     start = time.perf_counter()
     for step in range(steps):
@@ -121,9 +118,7 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
         total.backward()
         optimizer.step()
         for t, loss in losses.items():
-            value = float(loss.detach())
-            loss_sums[t] += value
-            first_loss.setdefault(t, value)
+            loss_sums[t] += float(loss.detach())
     elapsed = time.perf_counter() - start
     return TrainResult(
         examples={t: data[t].num_train for t in tasks},
@@ -133,7 +128,6 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
         affinity_seconds=affinity_seconds,
         lookahead=lookahead,
         cosine=cosine,
-        first_loss=first_loss,
     )
 
 
@@ -160,9 +154,3 @@ def evaluate_multitask(
             "examples": float(n),
         }
     return results
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch and numpy so a client's round is reproducible for a given (seed, round, node)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
