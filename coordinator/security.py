@@ -157,6 +157,13 @@ def _check_free(paths: Iterable[Path], overwrite: bool) -> None:
         )
 
 
+def _write_key_and_cert(key_path: Path, key: ec.EllipticCurvePrivateKey, cert_path: Path, cert: x509.Certificate) -> None:
+    """PEM files: the private key readable by its owner only, the certificate by anyone."""
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    _write(key_path, pem_key, 0o600)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
 def _write(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` so that the file never exists with wider permissions."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -288,16 +295,7 @@ def create_ca(
         )
         .sign(key, hashes.SHA384())
     )
-    _write(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        0o600,
-    )
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_key_and_cert(key_path, key, cert_path, cert)
     return CertificateAuthority(cert_path=cert_path, key_path=key_path)
 
 
@@ -424,16 +422,7 @@ def create_server_cert(
         .add_extension(aki, critical=False)
         .sign(ca_key, hashes.SHA384())
     )
-    _write(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        0o600,
-    )
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_key_and_cert(key_path, key, cert_path, cert)
     if ca_copy.resolve() != Path(ca.cert_path).resolve():
         _write(ca_copy, Path(ca.cert_path).read_bytes(), 0o644)
     return ServerCertificate(
