@@ -98,3 +98,18 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tmp_path):
         for task, m in a["metrics"].items():
             assert b["metrics"][task]["accuracy"] == pytest.approx(m["accuracy"], abs=1e-9)
             assert b["metrics"][task]["loss"] == pytest.approx(m["loss"], rel=1e-6)
+
+
+def test_mas_through_the_cli_recovers_the_planted_groups(tmp_path):
+    out = tmp_path / "mas"
+    proc = _simulate(out, "--suite", "planted", "--clients", "9", "--mode", "mas", "--split-round", "3",
+                     "--max-groups", "3", "--rounds", "4", "--local-steps", "30", "--lr", "0.1", "--batch-size", "64",
+                     "--set", "affinity-every=5")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from tasks.registry import load_suite
+
+    planted = sorted(sorted(g) for g in load_suite("planted").planted_groups)
+    h = _history(out)
+    assert sorted(sorted(g) for g in h["rounds"][4]["groups"]) == planted
+    assert "split into 3 groups" in proc.stdout
+    assert (out / "plots" / "affinity_round_3.png").is_file() and (out / "plots" / "groups.png").is_file()
