@@ -107,7 +107,7 @@ def train(msg: Message, context: Context) -> Message:
         {
             P.MODEL: ArrayRecord(state),
             P.METRICS: MetricRecord(metrics),
-            P.CONFIG: ConfigRecord({"tasks": tasks, "group": int(cfg.get("group", 0))}),
+            P.CONFIG: ConfigRecord({"tasks": tasks}),
         }
     )
     return Message(content, reply_to=msg)

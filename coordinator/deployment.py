@@ -169,7 +169,7 @@ class GatewayProcess:
 # ---------------------------------------------------------------------------------------------
 
 
-def _key_name(pub: Path) -> str:
+def key_name(pub: Path) -> str:
     """A public key's client name: its comment (`fedmtl keys create` writes the name), else the file stem."""
     fields = pub.read_text(encoding="ascii", errors="replace").split()
     return fields[2] if len(fields) >= 3 else pub.stem
@@ -184,7 +184,7 @@ def read_registered(run_dir: Path) -> dict[str, dict[str, Any]]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_registered(run_dir: Path, data: Mapping[str, Any]) -> None:
+def write_registered(run_dir: Path, data: Mapping[str, Any]) -> None:
     path = Path(run_dir) / REGISTERED_KEYS
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(dict(data), indent=1, sort_keys=True) + "\n")
@@ -206,7 +206,7 @@ def register_keys(cli: FlwrCli, run_dir: Path, public_keys: Sequence[Path]) -> l
             fingerprint = public_key_fingerprint(pub)
         except SecurityError as exc:
             raise DeploymentError(f"client key {pub}: {exc}") from exc
-        name = _key_name(pub)
+        name = key_name(pub)
         node_id: int | None = None
         try:
             node_id = cli.register_supernode(pub, name=name)
@@ -222,7 +222,7 @@ def register_keys(cli: FlwrCli, run_dir: Path, public_keys: Sequence[Path]) -> l
             node_id = int(previous["node_id"]) if previous.get("node_id") is not None else None
         registered[name] = {"fingerprint": fingerprint, "node_id": node_id, "file": str(pub.resolve())}
         out.append((name, fingerprint, node_id))
-    _write_registered(run_dir, registered)
+    write_registered(run_dir, registered)
     return out
 
 
@@ -388,7 +388,7 @@ class CoordinatorService:
             record["revoked"] = True
             revoked.append(name)
         if revoked:
-            _write_registered(run_dir, registered)
+            write_registered(run_dir, registered)
         return accepted, revoked
 
     def stop_stale_runs(self) -> list[int]:

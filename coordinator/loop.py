@@ -40,7 +40,7 @@ from strategies.grouping import best_grouping, should_regroup
 from strategies.merge_split import MergeSplitPlan
 from strategies.robust import clip_updates, make_reducer
 from strategies.scheduler import SchedulerState, schedule_round
-from strategies.validation import ValidationPolicy, validate_update
+from strategies.validation import ValidationPolicy
 from tasks.models import join_state, split_state
 from tasks.registry import load_suite
 
@@ -261,11 +261,7 @@ class Coordinator:
         except Exception as exc:  # garbage reply: reject, never fuse
             return [f"unreadable reply: {type(exc).__name__}: {exc}"]
         expected = [t for t in group.tasks if t in self.clients[node].tasks]
-        problems = validate_update(
-            group.body, {t: group.heads[t] for t in expected}, expected,
-            parsed.update.body, parsed.update.heads, parsed.update.examples,
-            self.validation.max_update_norm, self.validation.max_examples,
-        )
+        problems = self.validation.check(group.body, {t: group.heads[t] for t in expected}, expected, parsed.update)
         return problems or parsed
 
     def _needed(self, sampled: int) -> int:
@@ -411,8 +407,7 @@ class Coordinator:
             if reply.has_error():
                 self.log(f"  evaluation failed on node {reply.metadata.src_node_id}: {M.error_text(reply)}")
                 continue
-            tasks = [str(t) for t in self._eval_tasks(reply)]
-            for t, m in M.parse_evaluate_reply(reply, tasks).items():
+            for t, m in M.parse_evaluate_reply(reply).items():
                 totals[t]["correct"] += m["accuracy"] * m["examples"]
                 totals[t]["loss"] += m["loss"] * m["examples"]
                 totals[t]["examples"] += m["examples"]
@@ -425,12 +420,6 @@ class Coordinator:
                 "examples": n,
             }
         return metrics
-
-    @staticmethod
-    def _eval_tasks(reply) -> list[str]:
-        keys = dict(reply.content[M.P.METRICS]).keys()
-        prefix = M.P.ACCURACY + "."
-        return [k[len(prefix):] for k in keys if k.startswith(prefix)]
 
     # ------------------------------------------------------------------ bookkeeping
     def _finish_round(self, outcome: RoundOutcome) -> None:

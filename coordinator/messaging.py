@@ -7,8 +7,6 @@ algorithms in `strategies/` never see a Flower type.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
-
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
@@ -124,13 +122,12 @@ def parse_train_reply(reply: Message) -> TrainReply:
     )
 
 
-def parse_evaluate_reply(reply: Message, tasks: Iterable[str]) -> dict[str, dict[str, float]]:
+def parse_evaluate_reply(reply: Message) -> dict[str, dict[str, float]]:
+    """{task: {accuracy, loss, examples}} for every task the client evaluated."""
     metrics = dict(reply.content[P.METRICS])
-    return {
-        t: {name: float(metrics[P.task_key(name, t)]) for name in (P.ACCURACY, P.LOSS, P.EXAMPLES)}
-        for t in tasks
-        if P.task_key(P.ACCURACY, t) in metrics
-    }
+    prefix = P.ACCURACY + "."
+    tasks = [k[len(prefix):] for k in metrics if k.startswith(prefix)]
+    return {t: {name: float(metrics[P.task_key(name, t)]) for name in (P.ACCURACY, P.LOSS, P.EXAMPLES)} for t in tasks}
 
 
 def error_text(reply: Message) -> str:

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from coordinator.history import mean_accuracy  # noqa: E402
+
 
 def write_plots(history: dict, out_dir: Path) -> list[Path]:
     """Write every plot the history supports; returns the files written."""
@@ -31,7 +33,7 @@ def plot_accuracy(history: dict, path: Path) -> Path:
     for task in tasks:
         ys = [_num(r["metrics"].get(task, {}).get("accuracy")) for r in rounds]
         ax.plot(xs, ys, marker="o", markersize=3, label=task)
-    means = [np.nanmean([_num(m.get("accuracy")) for m in r["metrics"].values()] or [np.nan]) for r in rounds]
+    means = [mean_accuracy(r["metrics"]) for r in rounds]
     ax.plot(xs, means, color="black", linewidth=2.5, label="mean")
     ax.set(xlabel="round", ylabel="test accuracy", title="Per-task accuracy over rounds", ylim=(0, 1.02))
     ax.grid(alpha=0.3)
@@ -55,10 +57,11 @@ def cumulative_compute(history: dict) -> list[float]:
 def plot_accuracy_vs_compute(history: dict, path: Path) -> Path:
     """Mean accuracy against the client compute spent so far: how modes compare per unit of work."""
     rounds = history["rounds"]
-    means = [np.nanmean([_num(m.get("accuracy")) for m in r["metrics"].values()] or [np.nan]) for r in rounds]
+    means = [mean_accuracy(r["metrics"]) for r in rounds]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(cumulative_compute(history), means, marker="o", color="black")
-    for r, x, y in zip(rounds, cumulative_compute(history), means):
+    spent = cumulative_compute(history)
+    ax.plot(spent, means, marker="o", color="black")
+    for r, x, y in zip(rounds, spent, means):
         if r["round"] % max(1, len(rounds) // 8) == 0:
             ax.annotate(str(r["round"]), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
     ax.set(xlabel="client compute so far (s, training + affinity)", ylabel="mean test accuracy",

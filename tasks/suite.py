@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tasks.models import MultiTaskModel
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -102,13 +104,9 @@ class Suite:
             return self.make_head(spec, self.feature_dim)
         return nn.Linear(self.feature_dim, spec.num_classes)
 
-    def build_model(self, task_names: list[str] | None = None, seed: int = 0) -> "MultiTaskModel":
+    def build_model(self, task_names: list[str] | None = None, seed: int = 0) -> MultiTaskModel:
         """A fresh model with the body and the heads of `task_names` (all tasks by default)."""
-        from tasks.models import MultiTaskModel
-
         torch.manual_seed(seed)
         names = self.task_names if task_names is None else list(task_names)
         return MultiTaskModel(self.make_body(), {n: self.head(n) for n in names})
 
-
-from tasks.models import MultiTaskModel  # noqa: E402  (re-exported for type hints)

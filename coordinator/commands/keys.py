@@ -22,8 +22,8 @@ from pathlib import Path
 from coordinator.deployment import (
     AUTHORIZED_KEYS_DIR,
     DeploymentError,
-    _key_name,
-    _write_registered,
+    key_name,
+    write_registered,
     authorized_key_files,
     coordinator_connection,
     read_registered,
@@ -108,11 +108,11 @@ def run_register(args: argparse.Namespace) -> int:
         if public_key_fingerprint(pub) in revoked:
             raise ValueError(f"the key {pub} ({revoked[public_key_fingerprint(pub)]}) was revoked, and Flower never "
                              f"accepts a revoked key again: make a new key pair on the client "
-                             f"(`fedmtl keys create {_key_name(pub)} --force`) and register its .pub")
+                             f"(`fedmtl keys create {key_name(pub)} --force`) and register its .pub")
     auth.mkdir(parents=True, exist_ok=True)
     copied = []
     for pub in args.public_keys:
-        name = _key_name(pub)
+        name = key_name(pub)
         target = auth / f"{name}.pub"
         if pub.resolve() != target.resolve():
             shutil.copyfile(pub, target)
@@ -146,7 +146,7 @@ def run_list(args: argparse.Namespace) -> int:
     if not files:
         print(f"no client keys in {_auth_dir(args)}")
     for pub in files:
-        name = _key_name(pub)
+        name = key_name(pub)
         node = (registered.get(name) or {}).get("node_id")
         state = status.get(str(node), "?") if running and node is not None else "-"
         print(f"{name:<20} {public_key_fingerprint(pub)}  node {node if node is not None else '-':<20} {state}")
@@ -182,5 +182,5 @@ def run_revoke(args: argparse.Namespace) -> int:
         except FlwrCliError as exc:
             raise ValueError(f"unregistering node {node} failed: {exc}") from None
         registered[name]["revoked"] = True  # Flower never accepts this key again (see `register`)
-        _write_registered(args.run_dir, registered)
+        write_registered(args.run_dir, registered)
     return 0
