@@ -13,10 +13,11 @@ import difflib
 from dataclasses import dataclass, fields
 from typing import Any
 
+from strategies.affinity import SIGNALS as AFFINITY_SIGNALS
+
 MODES = ("all-in-one", "separate", "mas", "dynamic")
 FUSIONS = ("uniform", "examples")
 AGGREGATORS = ("mean", "median", "trimmed-mean")
-AFFINITY_SIGNALS = ("lookahead", "cosine")
 AFFINITY_AVERAGES = ("mean", "window", "ema")
 
 

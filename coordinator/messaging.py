@@ -12,7 +12,7 @@ from flwr.serverapp import Grid
 
 from coordinator.config import RunConfig
 from coordinator.state import ClientInfo, TaskGroup
-from strategies.affinity import AffinityStats
+from strategies.affinity import SIGNALS, AffinityStats
 from strategies.fusion import ClientUpdate
 from tasks import protocol as P
 from tasks.models import split_state
@@ -110,7 +110,7 @@ def parse_train_reply(reply: Message) -> TrainReply:
             raise ValueError(f"reply lacks {ex_key!r} or {loss_key!r}")
         examples[t] = metrics[ex_key]
         losses[t] = float(metrics[loss_key])
-    affinity = {s: AffinityStats.from_metrics(metrics, prefix=s) for s in P.AFFINITY_SIGNALS}
+    affinity = {s: AffinityStats.from_metrics(metrics, prefix=s) for s in SIGNALS}
     affinity = {s: stats for s, stats in affinity.items() if stats.n > 0}
     return TrainReply(
         update=ClientUpdate(node_id=reply.metadata.src_node_id, body=body, heads=heads, examples=examples),

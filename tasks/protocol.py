@@ -23,7 +23,6 @@ TRAIN_SECONDS = "train-seconds"
 AFFINITY_SECONDS = "affinity-seconds"
 STEPS = "steps"
 
-AFFINITY_SIGNALS = ("lookahead", "cosine")
 
 
 def task_key(prefix: str, task: str) -> str:
