@@ -24,6 +24,5 @@ AFFINITY_SECONDS = "affinity-seconds"
 STEPS = "steps"
 
 
-
 def task_key(prefix: str, task: str) -> str:
     return f"{prefix}.{task}"
