@@ -20,10 +20,13 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 # The project folder IS the Flower app (pyproject.toml declares [tool.flwr.app]): the coordinator
 # bundles it for every run, so fedmtl is installed in editable mode from here, as scripts/setup.sh does.
 COPY pyproject.toml README.md .gitignore ./
+COPY fedmtl ./fedmtl
 COPY coordinator ./coordinator
 COPY client ./client
+COPY launch ./launch
 COPY strategies ./strategies
 COPY tasks ./tasks
+COPY common ./common
 RUN pip install -e .
 
 # A non-root user; every mount point of docker-compose.yml exists and belongs to it, so named

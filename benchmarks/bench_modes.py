@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from coordinator.config import RunConfig  # noqa: E402
 from coordinator.history import mean_accuracy  # noqa: E402
 from coordinator.loop import Coordinator  # noqa: E402
-from tests.inprocess import InProcessGrid  # noqa: E402
+from testbed.inprocess import InProcessGrid  # noqa: E402
 
 
 def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict:

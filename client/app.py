@@ -15,7 +15,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.data import client_name, local_tasks
-from client.faults import apply_fault
 from client.training import TrainConfig, evaluate_multitask, resolve_device, train_multitask
 from tasks import protocol as P
 from tasks.registry import load_suite
@@ -77,7 +76,6 @@ def train(msg: Message, context: Context) -> Message:
     if not tasks:
         raise ValueError(f"asked to train tasks {list(cfg['tasks'])} but this client holds {sorted(data)}")
     model = _model(msg, cfg, tasks)
-    reference = {k: v.detach().clone() for k, v in model.state_dict().items()}
     train_cfg = TrainConfig(
         local_epochs=int(cfg.get("local-epochs", 1)),
         local_steps=int(cfg.get("local-steps", 0)),
@@ -102,7 +100,6 @@ def train(msg: Message, context: Context) -> Message:
         if stats is not None:
             metrics.update(stats.to_metrics(signal))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    state, metrics = apply_fault(cfg, context, state, reference, metrics)
     content = RecordDict(
         {
             P.MODEL: ArrayRecord(state),

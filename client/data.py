@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from tasks.local_dir import read_client_dir
+from client.folder import read_client_dir
 from tasks.registry import load_suite
 from tasks.suite import TaskData
 

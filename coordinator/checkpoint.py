@@ -38,6 +38,8 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from common.atomic import fsync_dir, write_bytes_atomic, write_text_atomic
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
@@ -71,35 +73,10 @@ def round_dir_name(round: int) -> str:
 # ----------------------------------------------------------------------------- low-level IO
 
 
-def _fsync_dir(path: Path) -> None:
-    """Persist a directory entry (a new file or a rename); a no-op where the OS cannot do it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_bytes(path: Path, data: bytes) -> dict[str, Any]:
     """Write and fsync a file; return its manifest entry."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    write_bytes_atomic(path, data, durable=True)
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write a small file so readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{os.getpid()}")
-    _write_bytes(tmp, text.encode())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _group_file(gid: str | int) -> str:
@@ -146,12 +123,12 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=root))
     try:
         _write_contents(tmp, round, state_bytes, tensors)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _move_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _atomic_write_text(root / LATEST, final.name + "\n")
+    write_text_atomic(root / LATEST, final.name + "\n", durable=True)
     _prune(root, final, keep)
     return final
 
@@ -180,7 +157,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def _round_dirs(root: Path) -> list[tuple[int, Path]]:

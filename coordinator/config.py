@@ -71,8 +71,6 @@ class RunConfig:
     quorum: float = 0.5  # share of a group's sampled clients whose valid replies complete its round
     max_retries: int = 1
     max_update_norm: float = 0.0  # 0 = no bound
-    faults: str = ""  # chaos testing, see client/faults.py
-    hang_seconds: float = 3600.0
     # outputs
     out: str = "runs/latest"
     checkpoint_keep: int = 2
@@ -141,13 +139,6 @@ class RunConfig:
         if self.mode in ("mas", "dynamic"):
             need(self.split_round < self.rounds, "split-round", f"must be < rounds ({self.rounds}) in mode {self.mode!r}")
             need(self.affinity_every >= 1, "affinity-every", f"must be >= 1 in mode {self.mode!r}: it needs affinity")
-        if self.faults:
-            from client.faults import parse_faults
-
-            try:
-                parse_faults(self.faults)
-            except ValueError as exc:
-                raise ConfigError(f"{where}: faults: {exc}") from None
 
     def validate_against_suite(self, task_names: list[str], where: str = "run config") -> None:
         """Checks that need the suite: e.g. more groups than tasks is impossible."""

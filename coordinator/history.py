@@ -9,31 +9,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.atomic import atomic_path, write_json_atomic
 from coordinator.state import RoundOutcome
-
-
-def _clean(value):
-    """JSON has no NaN: write null instead, so every JSON parser can read the file."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def write_json_atomic(path: Path, payload: object) -> None:
-    """Write then rename, so a reader (or a crash) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(payload), indent=1))
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -61,15 +42,13 @@ class History:
         self._save_csv(out / "metrics.csv")
 
     def _save_csv(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["round", "task", "group", "accuracy", "loss"])
             for entry in self.rounds:
                 group_of = {t: i for i, g in enumerate(entry["groups"]) for t in g}
                 for task, m in sorted(entry["metrics"].items()):
                     writer.writerow([entry["round"], task, group_of.get(task, ""), m.get("accuracy"), m.get("loss")])
-        os.replace(tmp, path)
 
 
 def mean_accuracy(metrics: dict[str, dict[str, float]]) -> float:

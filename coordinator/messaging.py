@@ -7,6 +7,7 @@ algorithms in `strategies/` never see a Flower type.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
@@ -58,8 +59,6 @@ def train_message(node_id: int, group: TaskGroup, tasks: list[str], cfg: RunConf
         "momentum": cfg.momentum,
         "affinity-every": cfg.affinity_every if len(group.tasks) > 1 else 0,
         "affinity-batch-size": cfg.affinity_batch_size,
-        "faults": cfg.faults,
-        "hang-seconds": cfg.hang_seconds,
     }
     content = RecordDict({P.MODEL: ArrayRecord(group.state_for(tasks)), P.CONFIG: ConfigRecord(config)})
     return Message(content, dst_node_id=node_id, message_type=P.TRAIN, group_id=train_group_id(round_, group.gid))

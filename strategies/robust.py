@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from strategies.fusion import Reducer, State, weighted_mean
+from strategies.norms import distance
 
 REDUCERS = ("mean", "median", "trimmed-mean")
 
@@ -139,11 +140,7 @@ def _float_keys(reference: State) -> list[str]:
 def update_norm(reference: State, state: State) -> float:
     """L2 norm of (state - reference) over the floating-point parameters, in float64."""
     _check_same_keys(reference, state)
-    total = torch.zeros((), dtype=torch.float64)
-    for key in _float_keys(reference):
-        delta = state[key].detach().to(torch.float64) - reference[key].detach().to(torch.float64)
-        total = total + delta.pow(2).sum()
-    return float(total.sqrt())
+    return distance(reference, state)
 
 
 def _check_same_keys(reference: State, state: State) -> None:

@@ -23,6 +23,7 @@ from numbers import Integral
 import torch
 
 from strategies.fusion import ClientUpdate, State
+from strategies.norms import squared_distance
 
 _MAX_LISTED = 5  # keys named per message; long lists are truncated with a count
 
@@ -93,16 +94,6 @@ def check_tensors(where: str, reference: State, update: State) -> list[str]:
     return problems
 
 
-def _squared_delta(reference: State, update: State) -> float:
-    """Sum of squared differences over floating-point params (call only on structurally valid states)."""
-    total = 0.0
-    for key, ref in reference.items():
-        if ref.is_floating_point():
-            delta = update[key].detach().to(torch.float64) - ref.detach().to(torch.float64)
-            total += float(delta.pow(2).sum())
-    return total
-
-
 def check_examples(
     expected_tasks: list[str], examples: dict[str, int], max_examples: int | None
 ) -> list[str]:
@@ -167,8 +158,8 @@ def validate_update(
             if isinstance(count, Integral) and not isinstance(count, bool) and count > 0 and task not in update_heads:
                 problems.append(f"examples: {int(count)} examples of task {task!r} but no head for it")
     if max_update_norm is not None and not problems:
-        body_sq = _squared_delta(reference_body, update_body)
-        heads_sq = sum(_squared_delta(reference_heads[t], h) for t, h in update_heads.items())
+        body_sq = squared_distance(reference_body, update_body)
+        heads_sq = sum(squared_distance(reference_heads[t], h) for t, h in update_heads.items())
         norm = math.sqrt(body_sq + heads_sq)
         if not norm <= max_update_norm:
             problems.append(

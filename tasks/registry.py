@@ -29,6 +29,12 @@ BUILTIN_SUITES: dict[str, str] = {
 ENTRY_POINT_GROUP = "fedmtl.suites"
 
 
+def builtin_data_root() -> str:
+    """Absolute path of the data shipped inside the `tasks` package. Flower runs apps from an
+    unpacked copy of the code without data files, so commands pass this path in the run config."""
+    return str((Path(__file__).resolve().parent / "data"))
+
+
 class SuiteLoadError(ValueError):
     """A suite name or path that cannot be turned into a Suite."""
 

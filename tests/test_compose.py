@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from coordinator import cli
 from coordinator.commands import coordinator as coordinator_cmd
 from coordinator.config import RunConfig
+from fedmtl import cli
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
@@ -197,7 +197,7 @@ def test_dockerfile_matches_compose(compose: dict[str, Any], services: dict[str,
     assert not missing, f"mount points the image does not create for its user: {missing}"
     exposed = re.search(r"^EXPOSE (\d+)", text, re.M)
     assert exposed and int(exposed.group(1)) == _parse(services["coordinator"]).port
-    for folder in ("coordinator", "client", "strategies", "tasks"):
+    for folder in ("fedmtl", "coordinator", "client", "launch", "strategies", "tasks", "common"):
         assert f"COPY {folder} ./{folder}" in text
     ignore = (REPO / ".dockerignore").read_text().split()
     assert "runs" in ignore and ".venv" in ignore  # never bundled into the image (or the app)

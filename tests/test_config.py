@@ -26,7 +26,6 @@ def test_pyproject_declares_every_run_config_key_with_its_default():
         ({"aggregator": "avg"}, "aggregator = 'avg'"),
         ({"mode": "mas", "rounds": 3, "split-round": 3}, "split-round = 3"),
         ({"quorum": 0}, "quorum = 0"),
-        ({"faults": "1:explode"}, "faults"),
         ({"lr": -1.0}, "lr = -1.0"),
     ],
 )

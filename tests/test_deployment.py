@@ -31,11 +31,11 @@ from typing import Any
 
 import pytest
 
-from coordinator import cli
-from coordinator.deployment import COORDINATOR_INFO
-from coordinator.processes import free_port
-from coordinator.security import certificate_covers, certificate_sans
-from coordinator.supernode import SuperNodeConfig, SuperNodeProcess, classify_supernode_output
+from fedmtl import cli
+from launch.processes import free_port
+from launch.security import certificate_covers, certificate_sans
+from launch.service import COORDINATOR_INFO
+from launch.supernode import SuperNodeConfig, SuperNodeProcess, classify_supernode_output
 
 try:  # works whether or not tests/ is a package
     from tests.netns import NetnsLan, skip_unless_netns, stop_processes
@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FEDMTL = [sys.executable, "-m", "coordinator.cli"]
+FEDMTL = [sys.executable, "-m", "fedmtl.cli"]
 
 # A small federation: tiny suite, 2 local steps, MAS splits after round 1 into 2 groups.
 RUN_ARGS = ["--suite", "tiny", "--mode", "mas", "--split-round", "1", "--max-groups", "2", "--rounds", "2",

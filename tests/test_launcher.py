@@ -1,4 +1,4 @@
-"""coordinator.launcher: a private SuperLink runs a tiny Flower app on the simulation engine (Ray).
+"""launch.simulation: a private SuperLink runs a tiny Flower app on the simulation engine (Ray).
 
 The slow tests run a real federation (SuperLink, SuperExec, flwr-simulation, Ray) on a tiny
 throwaway app written into tmp_path: one that completes, one whose ServerApp raises. Both check
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import launcher
-from coordinator.flwr_cli import FlwrCli, SuperLinkConnection
-from coordinator.launcher import SimulationFailed, SimulationResources, check_fab, run_simulation_app
-from coordinator.processes import find_tagged_processes, free_port
-from coordinator.superlink import SuperLinkConfig, SuperLinkProcess
+from launch import simulation as launcher
+from launch.flwr_cli import FlwrCli, SuperLinkConnection
+from launch.processes import find_tagged_processes, free_port
+from launch.simulation import SimulationFailed, SimulationResources, check_fab, run_simulation_app
+from launch.superlink import SuperLinkConfig, SuperLinkProcess
 
 TINY_PYPROJECT = """\
 [build-system]

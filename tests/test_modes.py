@@ -5,7 +5,7 @@ import pytest
 from coordinator.config import ConfigError, RunConfig
 from coordinator.loop import Coordinator
 from tasks.registry import load_suite
-from tests.inprocess import InProcessGrid
+from testbed.inprocess import InProcessGrid
 
 PLANTED = {"suite": "planted", "min-clients": 9, "local-steps": 30, "lr": 0.1, "batch-size": 64,
            "affinity-every": 5, "max-groups": 3, "plots": False}

@@ -5,15 +5,15 @@ import pytest
 from coordinator.config import RunConfig
 from coordinator.history import mean_accuracy
 from coordinator.loop import Coordinator
-from tests.inprocess import InProcessGrid
+from testbed.inprocess import InProcessGrid
 
 BASE = {"suite": "planted", "rounds": 8, "min-clients": 10, "local-steps": 20, "lr": 0.1, "affinity-every": 0, "plots": False}
-POISON = {"faults": "0:scale,1:scale"}
+POISON = "0:scale,1:scale"  # partitions 0 and 1 send their update scaled by -10 (testbed.faults)
 
 
-def _final_accuracy(tmp_path, name, **extra) -> float:
+def _final_accuracy(tmp_path, name, faults: str = "", **extra) -> float:
     cfg = RunConfig.from_dict(BASE | extra | {"out": str(tmp_path / name)})
-    history = Coordinator(InProcessGrid(10), cfg, log=lambda line: None).run()
+    history = Coordinator(InProcessGrid(10, faults=faults), cfg, log=lambda line: None).run()
     return mean_accuracy(history.rounds[-1]["metrics"])
 
 
@@ -23,17 +23,17 @@ def clean(tmp_path_factory):
 
 
 def test_plain_averaging_is_wrecked_by_poisoned_clients(tmp_path, clean):
-    poisoned = _final_accuracy(tmp_path, "mean", **POISON)
+    poisoned = _final_accuracy(tmp_path, "mean", faults=POISON)
     assert poisoned < clean - 0.2, (poisoned, clean)
 
 
 @pytest.mark.parametrize("aggregator", [{"aggregator": "median"}, {"aggregator": "trimmed-mean", "trim-fraction": 0.2}])
 def test_median_and_trimmed_mean_stay_close_to_the_clean_run(tmp_path, clean, aggregator):
-    robust = _final_accuracy(tmp_path, aggregator["aggregator"], **POISON, **aggregator)
+    robust = _final_accuracy(tmp_path, aggregator["aggregator"], faults=POISON, **aggregator)
     assert robust > clean - 0.08, (robust, clean)
 
 
 def test_norm_clipping_limits_the_damage(tmp_path, clean):
-    clipped = _final_accuracy(tmp_path, "clip", **POISON, **{"clip-norm": 1.0})
-    poisoned = _final_accuracy(tmp_path, "mean", **POISON)
+    clipped = _final_accuracy(tmp_path, "clip", faults=POISON, **{"clip-norm": 1.0})
+    poisoned = _final_accuracy(tmp_path, "mean", faults=POISON)
     assert clipped > poisoned + 0.1, (clipped, poisoned)

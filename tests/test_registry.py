@@ -7,7 +7,7 @@ import pytest
 from coordinator.config import RunConfig
 from coordinator.loop import Coordinator
 from tasks.registry import SuiteLoadError, load_suite
-from tests.inprocess import InProcessGrid
+from testbed.inprocess import InProcessGrid
 
 USER_SUITE = textwrap.dedent('''
     import numpy as np

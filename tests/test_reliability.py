@@ -6,13 +6,13 @@ from coordinator.config import RunConfig
 from coordinator.loop import Coordinator
 from coordinator.messaging import parse_train_reply
 from strategies.fusion import fuse_group
-from tests.inprocess import InProcessGrid
+from testbed.inprocess import InProcessGrid
 
 
-def _run(tmp_path, clients: int, **overrides):
+def _run(tmp_path, clients: int, faults: str = "", hang_seconds: float = 3600.0, **overrides):
     cfg = RunConfig.from_dict({"suite": "tiny", "rounds": 1, "min-clients": clients, "out": str(tmp_path), "plots": False,
                                "affinity-every": 0, "local-steps": 4} | overrides)
-    grid = InProcessGrid(clients)
+    grid = InProcessGrid(clients, faults=faults, hang_seconds=hang_seconds)
     coordinator = Coordinator(grid, cfg, log=lambda line: None)
     initial = None
 
@@ -31,7 +31,7 @@ def _run(tmp_path, clients: int, **overrides):
 def test_crash_hang_nan_shape_and_huge_updates_never_reach_the_model(tmp_path):
     faults = "0:crash,1:nan,2:shape,3:huge,4:hang"
     coordinator, grid, history, (_, initial_heads) = _run(
-        tmp_path, 8, faults=faults, **{"round-timeout": 4.0, "hang-seconds": 8.0, "max-update-norm": 1000.0,
+        tmp_path, 8, faults=faults, hang_seconds=8.0, **{"round-timeout": 4.0, "max-update-norm": 1000.0,
                                        "quorum": 0.3, "max-retries": 0})
     r1 = history.rounds[1]
     partition = {n: grid.partition_of(n) for n in grid.contexts}

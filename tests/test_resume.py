@@ -1,12 +1,13 @@
 """Checkpoint and resume on the real round loop: a resumed run ends where an uninterrupted one does."""
 
 import json
+
 import pytest
 import torch
 
 from coordinator.config import ConfigError, RunConfig
 from coordinator.loop import Coordinator
-from tests.inprocess import InProcessGrid
+from testbed.inprocess import InProcessGrid
 
 BASE = {"suite": "tiny", "mode": "mas", "split-round": 2, "max-groups": 2, "min-clients": 4, "plots": False,
         "local-steps": 6, "affinity-every": 3, "seed": 3}

@@ -1,7 +1,7 @@
 """Certificates, SuperNode keys, refusal behaviour and Fleet-only exposure.
 
 * Unit tests: files, permissions, SANs, and that Flower's own loaders accept
-  what :mod:`coordinator.security` writes; the Fleet gateway's allow-list.
+  what :mod:`launch.security` writes; the Fleet gateway's allow-list.
 * ``slow``: a real ``flower-superlink`` (TLS + SuperNode auth) on loopback; a
   registered SuperNode connects, an unregistered one and one without the CA
   are refused within seconds with recognisable messages.
@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.exposure import FLEET_ROUTES, FleetGateway, GatewayConfig, gateway_command
-from coordinator.security import (
+from launch.gateway import FLEET_ROUTES, FleetGateway, GatewayConfig, gateway_command
+from launch.security import (
     SecurityError,
     certificate_covers,
     certificate_sans,
@@ -248,7 +248,7 @@ def test_gateway_command_and_config(tmp_path: Path) -> None:
         ssl_certfile="s.crt", ssl_keyfile="s.key", upstream_ca_certfile="ca.crt",
     )
     cmd = gateway_command(cfg)
-    assert cmd[1:3] == ["-m", "coordinator.exposure"]
+    assert cmd[1:3] == ["-m", "launch.gateway"]
     assert "--insecure" not in cmd and "--upstream-ca-certfile" in cmd
 
 

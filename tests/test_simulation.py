@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-FEDMTL = [sys.executable, "-m", "coordinator.cli"]
+FEDMTL = [sys.executable, "-m", "fedmtl.cli"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

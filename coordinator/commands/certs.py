@@ -12,7 +12,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from coordinator.security import (
+from launch.security import (
     CA_CERT_NAME,
     CA_KEY_NAME,
     SERVER_CERT_NAME,

@@ -77,10 +77,3 @@ def run_config_from_args(args: argparse.Namespace, defaults: dict[str, Any]) -> 
     # Load the suite here, in the launching process, so a bad suite fails before anything starts.
     cfg.validate_against_suite(load_suite(cfg.suite).task_names, where=where)
     return cfg.to_dict()
-
-
-def builtin_data_root() -> str:
-    """Absolute path of the data shipped inside the `tasks` package (clients may run from a copy of the code)."""
-    import tasks
-
-    return str((Path(tasks.__file__).parent / "data").resolve())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 import tomllib
@@ -28,10 +27,11 @@ from typing import Any
 
 import tomli_w
 
-from coordinator.commands.common import add_run_options, builtin_data_root, run_config_from_args
+from common.signals import install_stop_handlers
+from coordinator.commands.common import add_run_options, run_config_from_args
 from coordinator.commands.simulate import app_dir
 from coordinator.config import RunConfig
-from coordinator.deployment import (
+from launch.service import (
     RUN_CONFIG_FILE,
     CoordinatorService,
     CoordinatorSettings,
@@ -39,8 +39,9 @@ from coordinator.deployment import (
     DeploymentFailed,
     insecure_banner,
 )
-from coordinator.launcher import check_fab
-from coordinator.superlink import SuperLinkError
+from launch.simulation import check_fab
+from launch.superlink import SuperLinkError
+from tasks.registry import builtin_data_root
 
 DEFAULT_RUN_DIR = Path("runs/coordinator")
 DEFAULT_HOST = "0.0.0.0"
@@ -164,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         _say(f"  clients connect to {settings.public} over TLS; they must dial one of the certificate's "
              f"names: {', '.join(sans)}")
 
-    restore = _sigterm_to_exit()
+    restore = install_stop_handlers()  # SIGTERM (docker stop, systemd) ends the coordinator like Ctrl-C
     service = CoordinatorService(settings, app, on_line=_say)
     t0 = time.monotonic()
     try:
@@ -204,27 +205,4 @@ def run(args: argparse.Namespace) -> int:
         service.stop()
         restore()
 
-
-def _sigterm_to_exit():
-    """SIGTERM (docker stop, systemd) and SIGINT end the coordinator like Ctrl-C: through `finally`.
-
-    SIGINT is set explicitly: a background job of a non-interactive shell starts with SIGINT
-    ignored, and Python then installs no KeyboardInterrupt handler (`kill -INT` would do nothing).
-    """
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    except ValueError:  # not the main thread
-        return lambda: None
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore
 

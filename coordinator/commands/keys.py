@@ -19,18 +19,18 @@ import argparse
 import shutil
 from pathlib import Path
 
-from coordinator.deployment import (
+from launch.flwr_cli import FlwrCliError
+from launch.security import SecurityError, create_client_keypair, load_client_public_key, public_key_fingerprint
+from launch.service import (
     AUTHORIZED_KEYS_DIR,
     DeploymentError,
-    key_name,
-    write_registered,
     authorized_key_files,
     coordinator_connection,
+    key_name,
     read_registered,
     register_keys,
+    write_registered,
 )
-from coordinator.flwr_cli import FlwrCliError
-from coordinator.security import SecurityError, create_client_keypair, load_client_public_key, public_key_fingerprint
 
 
 def register(sub: argparse._SubParsersAction) -> None:

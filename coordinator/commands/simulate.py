@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coordinator.commands.common import add_run_options, builtin_data_root, run_config_from_args
-from coordinator.launcher import SimulationFailed, run_simulation_app
+from coordinator.commands.common import add_run_options, run_config_from_args
+from launch.simulation import SimulationFailed, run_simulation_app
+from tasks.registry import builtin_data_root
 
 DEFAULTS = {"suite": "default", "rounds": 15, "out": "runs/simulate"}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.local_dir import FORMAT, ClientDataError, prepare_client_dirs, read_client_dir, write_client_dir
+from client.folder import FORMAT, ClientDataError, prepare_client_dirs, read_client_dir, write_client_dir
 from tasks.suite import TaskData, TaskSpec
 
 SPECS = [TaskSpec("alpha", 3), TaskSpec("beta", 2)]

@@ -23,8 +23,8 @@ from typing import Any
 
 import tomli_w
 
-from coordinator.processes import killed_with_parent_kwargs, log_tail
-from coordinator.superlink import SuperLinkConnection, child_env, flower_bin_dir
+from launch.processes import killed_with_parent_kwargs, log_tail
+from launch.superlink import SuperLinkConnection, child_env, flower_bin_dir
 
 __all__ = [
     "FlwrCli",

@@ -143,7 +143,7 @@ def read_client_dir(directory: str | Path, suite: Suite | None = None) -> tuple[
 def _read_manifest(path: Path) -> dict[str, Any]:
     """Load manifest.json and check its structure (format tag, names, per-task counts)."""
     if not path.is_file():
-        raise ClientDataError(f"{path} is missing: a client data folder needs a manifest (see tasks/local_dir.py)")
+        raise ClientDataError(f"{path} is missing: a client data folder needs a manifest (see client/folder.py)")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

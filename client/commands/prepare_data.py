@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coordinator.commands.common import builtin_data_root
-from tasks.local_dir import prepare_client_dirs
-from tasks.registry import load_suite
+from client.folder import prepare_client_dirs
+from tasks.registry import builtin_data_root, load_suite
 
 
 def register(sub: argparse._SubParsersAction) -> None:

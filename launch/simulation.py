@@ -5,18 +5,18 @@ submitted run to its SuperExec, which starts one `flwr-simulation` process per r
 unpacks the run's app bundle (FAB), starts Ray (`ray.init`), runs the ServerApp in a thread and
 every ClientApp call in a Ray actor. fedmtl drives that machinery from Python in four modules:
 
-* `coordinator/processes.py`: the processes we start, found again through a marker in their
+* `launch/processes.py`: the processes we start, found again through a marker in their
   environment (`ProcessFamily`, `ENV_TAG`) and killed, also by a reaper process if we are
   SIGKILLed (`spawn_reaper`).
-* `coordinator/superlink.py`: `SuperLinkProcess` starts `flower-superlink` on a port of our
+* `launch/superlink.py`: `SuperLinkProcess` starts `flower-superlink` on a port of our
   choosing with its state, Flower home and log under a run directory, and on `stop()` tears
   down the SuperLink *and everything it started*.
-* `coordinator/flwr_cli.py`: `FlwrCli` runs the `flwr` command line against that SuperLink
+* `launch/flwr_cli.py`: `FlwrCli` runs the `flwr` command line against that SuperLink
   (submit runs, stream their logs, read their status, stop them, register SuperNode keys).
 * this module: `run_simulation_app` puts it together for `fedmtl simulate`: private SuperLink,
   one run, live progress lines, final status, `SimulationFailed` with the ServerApp's error,
   full tear-down. `follow_run` and `error_text` serve the deployed coordinator too
-  (`coordinator/deployment.py`), and `check_fab` checks an app bundle before it is submitted.
+  (`launch/service.py`), and `check_fab` checks an app bundle before it is submitted.
 
 The names of the other three modules stay importable from here.
 
@@ -47,7 +47,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -59,8 +58,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.flwr_cli import FlwrCli, FlwrCliError, iter_log_lines, strip_ansi
-from coordinator.processes import (
+from common.signals import install_stop_handlers
+from launch.flwr_cli import FlwrCli, FlwrCliError, iter_log_lines, strip_ansi
+from launch.processes import (
     ENV_TAG,
     ProcessFamily,
     find_tagged_processes,
@@ -69,7 +69,7 @@ from coordinator.processes import (
     process_start_time,
     spawn_reaper,
 )
-from coordinator.superlink import (
+from launch.superlink import (
     IN_MEMORY_DATABASE,
     QUIET_ENV,
     SuperLinkConfig,
@@ -281,19 +281,6 @@ def app_config_keys(app_dir: Path) -> set[str]:
     return flat(config)
 
 
-def _install_sigterm_handler() -> Callable[[], None]:
-    """Turn SIGTERM into SystemExit while a simulation runs (so `finally` tears down)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
-
-
 def error_text(lines: Sequence[str], max_lines: int = 80) -> str:
     """The last traceback in the streamed log (with the `ERROR` line announcing it), if any."""
     starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
@@ -442,7 +429,7 @@ def run_simulation_app(
     link = SuperLinkProcess(SuperLinkConfig(
         run_dir=run_dir, simulation=True, flwr_home=flwr_home, env={"RAY_ADDRESS": resources.ray_env},
     ))
-    restore_sigterm = _install_sigterm_handler()
+    restore_sigterm = install_stop_handlers(as_exit=True, sigint=False)  # SIGTERM -> SystemExit: `finally` tears down
     tail: deque[str] = deque(maxlen=400)
     run_id: int | None = None
     finished = False

@@ -29,7 +29,7 @@ through unchanged and verified by the SuperLink itself.
 
 Run it as a process::
 
-    python -m coordinator.exposure --listen 0.0.0.0:9092 \\
+    python -m launch.gateway --listen 0.0.0.0:9092 \\
         --upstream 127.0.0.1:9093 \\
         --ssl-certfile server.crt --ssl-keyfile server.key \\
         --upstream-ca-certfile ca.crt
@@ -181,7 +181,7 @@ class GatewayConfig:
             for p in (self.ssl_certfile, self.ssl_keyfile, self.upstream_ca_certfile):
                 if not Path(str(p)).is_file():
                     raise ValueError(f"file not found: {p}")
-            from coordinator.security import (  # pylint: disable=import-outside-toplevel
+            from launch.security import (  # pylint: disable=import-outside-toplevel
                 SecurityError,
                 certificate_covers,
             )
@@ -191,7 +191,7 @@ class GatewayConfig:
                     LOG.warning(
                         "%s has no SAN for the upstream address %s: if it is also "
                         "the SuperLink's certificate, forwarding will fail TLS "
-                        "verification (create it with coordinator.security, which "
+                        "verification (create it with launch.security, which "
                         "adds 127.0.0.1).",
                         self.ssl_certfile, uh,
                     )
@@ -413,7 +413,7 @@ def serve(config: GatewayConfig, log_level: str = "info", validate: bool = True)
 
 def gateway_command(config: GatewayConfig, python: str | None = None) -> list[str]:
     """Argument list that starts the gateway as its own process."""
-    cmd = [python or sys.executable, "-m", "coordinator.exposure",
+    cmd = [python or sys.executable, "-m", "launch.gateway",
            "--listen", config.listen, "--upstream", config.upstream]
     if config.insecure:
         cmd.append("--insecure")
@@ -429,9 +429,9 @@ def gateway_command(config: GatewayConfig, python: str | None = None) -> list[st
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m coordinator.exposure``."""
+    """``python -m launch.gateway``."""
     p = argparse.ArgumentParser(
-        prog="python -m coordinator.exposure",
+        prog="python -m launch.gateway",
         description="Expose only the Flower Fleet API of a loopback SuperLink.",
     )
     p.add_argument("--listen", required=True, help="public HOST:PORT, e.g. 0.0.0.0:9092")

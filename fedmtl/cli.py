@@ -1,7 +1,8 @@
 """The `fedmtl` command: simulate a federation, run a coordinator, join as a client, prepare data.
 
-Each subcommand lives in its own module under `coordinator.commands`; this file only wires
-them into one argparse parser and turns known errors into one clear line and exit code 2.
+Each subcommand lives with the side that runs it: `coordinator.commands` (simulate, coordinator,
+certs, keys) and `client.commands` (client, prepare-data). This file only wires them into one
+argparse parser and turns known errors into one clear line and exit code 2.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from coordinator.commands import certs, client, coordinator, keys, prepare_data, simulate
+from client.commands import client, prepare_data
+from coordinator.commands import certs, coordinator, keys, simulate
 from coordinator.config import ConfigError
 
 COMMANDS = (simulate, coordinator, client, prepare_data, certs, keys)

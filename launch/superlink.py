@@ -8,7 +8,7 @@ started* (SuperExec, `flwr-simulation`, `flwr-serverapp`, Ray's processes): ever
 starts carries its marker (`processes.ENV_TAG`), and its `ProcessFamily` is killed. A reaper
 process does the same if this process is SIGKILLed (`processes.spawn_reaper`).
 
-`SuperLinkConnection` is how the `flwr` CLI reaches it (`coordinator/flwr_cli.py`);
+`SuperLinkConnection` is how the `flwr` CLI reaches it (`launch/flwr_cli.py`);
 `flower_bin_dir` and `child_env` say where Flower's commands are and what environment every
 Flower process we start gets.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from coordinator.processes import ENV_TAG, ProcessFamily, free_port, log_tail, spawn_reaper
+from launch.processes import ENV_TAG, ProcessFamily, free_port, log_tail, spawn_reaper
 
 __all__ = [
     "IN_MEMORY_DATABASE",

@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from common.atomic import write_bytes_atomic
+
 __all__ = [
     "SecurityError",
     "CertificateAuthority",
@@ -166,20 +168,9 @@ def _write_key_and_cert(key_path: Path, key: ec.EllipticCurvePrivateKey, cert_pa
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` so that the file never exists with wider permissions."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(fd, mode)  # umask-proof
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, data, mode=mode)
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise SecurityError(f"Cannot write '{path}': {exc}") from exc
 
 

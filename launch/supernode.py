@@ -8,7 +8,7 @@
 * Its output goes to a log file (not a pipe: see docs/security.md), read with `LogFollower`,
   and `classify_supernode_output` turns Flower's refusal messages into one clear line.
 
-The coordinator side is `coordinator/deployment.py`. Everything here was checked with flwr 1.41
+The coordinator side is `launch/service.py`. Everything here was checked with flwr 1.41
 on loopback and across network namespaces (tests/test_deployment.py).
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import tomli_w
 
-from coordinator.flwr_cli import strip_ansi
-from coordinator.processes import ENV_TAG, ProcessFamily, free_port, spawn_reaper
-from coordinator.superlink import child_env, flower_bin_dir
+from launch.flwr_cli import strip_ansi
+from launch.processes import ENV_TAG, ProcessFamily, free_port, spawn_reaper
+from launch.superlink import child_env, flower_bin_dir
 
 __all__ = [
     "LogFollower",

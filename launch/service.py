@@ -5,7 +5,7 @@
 * `CoordinatorService` starts `flower-superlink` on 127.0.0.1 only (TLS + SuperNode
   authentication unless `insecure`; state in `RUN_DIR/state.db`, Flower home in
   `RUN_DIR/flwr_home`, log in `RUN_DIR/superlink.log`), the Fleet-only gateway
-  (`coordinator/exposure.py`) on the public `host:port` (log `RUN_DIR/gateway.log`), writes the
+  (`launch/gateway.py`) on the public `host:port` (log `RUN_DIR/gateway.log`), writes the
   loopback connection for the `flwr` CLI, registers the client public keys found in the
   authorized-keys folder, submits the fedmtl app with a run config and follows its log until the
   run is finished. `stop()` tears all of it down; every process carries the SuperLink's marker
@@ -15,7 +15,7 @@
   keys (`RUN_DIR/registered_keys.json`) and reach a running coordinator's SuperLink.
 
 The client side (`SuperNodeProcess`, `LogFollower`, `classify_supernode_output`) lives in
-`coordinator/supernode.py`; its names stay importable from here.
+`launch/supernode.py`; its names stay importable from here.
 
 Everything here was checked with flwr 1.41 on loopback and across network namespaces
 (tests/test_deployment.py).
@@ -35,12 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator import launcher
-from coordinator.exposure import GatewayConfig, gateway_command, parse_hostport
-from coordinator.flwr_cli import FlwrCli, FlwrCliError, SuperLinkConnection
-from coordinator.launcher import SimulationFailed
-from coordinator.processes import ENV_TAG, log_tail, process_start_time
-from coordinator.security import (
+from common.atomic import write_json_atomic
+from launch import simulation as launcher
+from launch.flwr_cli import FlwrCli, FlwrCliError, SuperLinkConnection
+from launch.gateway import GatewayConfig, gateway_command, parse_hostport
+from launch.processes import ENV_TAG, log_tail, process_start_time
+from launch.security import (
     CA_CERT_NAME,
     SERVER_CERT_NAME,
     SERVER_KEY_NAME,
@@ -50,8 +50,9 @@ from coordinator.security import (
     load_client_public_key,
     public_key_fingerprint,
 )
-from coordinator.superlink import SuperLinkConfig, SuperLinkProcess, TlsFiles, child_env
-from coordinator.supernode import LogFollower, SuperNodeConfig, SuperNodeProcess, classify_supernode_output
+from launch.simulation import SimulationFailed
+from launch.superlink import SuperLinkConfig, SuperLinkProcess, TlsFiles, child_env
+from launch.supernode import LogFollower, SuperNodeConfig, SuperNodeProcess, classify_supernode_output
 
 __all__ = [
     "AUTHORIZED_KEYS_DIR",
@@ -103,7 +104,7 @@ def insecure_banner(what: str) -> str:
 
 
 class GatewayProcess:
-    """`python -m coordinator.exposure` as a child, a member of the SuperLink's process family."""
+    """`python -m launch.gateway` as a child, a member of the SuperLink's process family."""
 
     def __init__(self, config: GatewayConfig, log_path: Path, tag: str, startup_timeout_s: float = 30.0) -> None:
         self.config = config
@@ -185,10 +186,7 @@ def read_registered(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_registered(run_dir: Path, data: Mapping[str, Any]) -> None:
-    path = Path(run_dir) / REGISTERED_KEYS
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(dict(data), indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(Path(run_dir) / REGISTERED_KEYS, dict(data), sort_keys=True)
 
 
 def register_keys(cli: FlwrCli, run_dir: Path, public_keys: Sequence[Path]) -> list[tuple[str, str, int | None]]:
@@ -361,10 +359,7 @@ class CoordinatorService:
             "flwr_home": str(self.link.flwr_home),
             "run_id": self.run_id,
         }
-        path = s.run_dir / COORDINATOR_INFO
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(info, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_json_atomic(s.run_dir / COORDINATOR_INFO, info)
 
     def register_authorized_keys(self) -> tuple[list[tuple[str, str, int | None]], list[str]]:
         """Register every `*.pub` of the authorized-keys folder and unregister the nodes of keys

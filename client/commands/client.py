@@ -15,17 +15,17 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from coordinator.deployment import insecure_banner
-from coordinator.exposure import parse_hostport
-from coordinator.supernode import LogFollower, SuperNodeConfig, SuperNodeProcess, classify_supernode_output
-from tasks.local_dir import ClientDataError, read_client_dir
+from client.folder import ClientDataError, read_client_dir
+from common.signals import install_stop_handlers
+from launch.gateway import parse_hostport
+from launch.service import insecure_banner
+from launch.supernode import LogFollower, SuperNodeConfig, SuperNodeProcess, classify_supernode_output
 
 #: SuperNode lines that tell nothing on a console (shown with --verbose only).
 _NOISE = tuple(re.compile(p) for p in (
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         private_key=None if args.insecure else args.key, root_certificates=args.ca, insecure=args.insecure,
         max_wait_s=args.max_wait, runtime_port=args.runtime_port,
     ))
-    previous = _sigterm_to_interrupt()
+    restore_signals = install_stop_handlers()  # SIGTERM and SIGINT stop the client like Ctrl-C
     follower: LogFollower | None = None
     try:
         node.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,8 +171,7 @@ def run(args: argparse.Namespace) -> int:
         if follower is not None:
             follower.close()
         node.stop()
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        restore_signals()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -237,14 +236,3 @@ def _relay(line: str, args: argparse.Namespace) -> None:
         return
     print(line, flush=True)
 
-
-def _sigterm_to_interrupt() -> dict[int, Any]:
-    """SIGTERM and SIGINT stop the client like Ctrl-C (SIGINT set explicitly: a background job of a
-    non-interactive shell starts with it ignored). Returns the previous handlers."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    return previous

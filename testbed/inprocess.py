@@ -1,4 +1,4 @@
-"""An in-process Flower Grid for fast tests of the coordinator loop.
+"""An in-process Flower Grid for fast tests and benchmarks of the coordinator loop.
 
 It delivers each Message to the real fedmtl ClientApp in a thread (one per simulated node,
 with its own Context and `partition-id`), turns exceptions into error replies as Flower does,
@@ -13,20 +13,30 @@ import traceback
 from typing import Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import app as client_app
+from client.app import app as honest_app
+from testbed import faults as chaos
 
 
 class InProcessGrid(Grid):
-    def __init__(self, num_nodes: int, node_configs: list[dict] | None = None, first_node_id: int = 1001) -> None:
+    """`faults="0:crash,2:nan:3"` makes those partitions misbehave (see `testbed.faults`);
+    `client_app` replaces the honest ClientApp for every node (e.g. a hostile one)."""
+
+    def __init__(self, num_nodes: int, node_configs: list[dict] | None = None, first_node_id: int = 1001, *,
+                 faults: str = "", hang_seconds: float = 3600.0, client_app: ClientApp | None = None) -> None:
         # Messages are stamped with the identity of the process that creates them; a real
         # ServerApp process has one set by Flower, this test process plays that role.
         TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+        plan = chaos.parse_faults(faults)
+        self.client_app = client_app or (chaos.app if plan else honest_app)
         self.contexts: dict[int, Context] = {}
         for i in range(num_nodes):
             config = node_configs[i] if node_configs else {"partition-id": i, "num-partitions": num_nodes}
+            if i in plan:
+                config = config | plan[i] | {"hang-seconds": hang_seconds}
             node_id = first_node_id + i
             self.contexts[node_id] = Context(run_id=1, node_id=node_id, node_config=config, state=RecordDict(), run_config={})
         self.pool = cf.ThreadPoolExecutor(max_workers=max(4, num_nodes * 2))
@@ -65,7 +75,7 @@ class InProcessGrid(Grid):
     def _deliver(self, msg: Message) -> Message:
         context = self.contexts[msg.metadata.dst_node_id]
         try:
-            return client_app(msg, context)
+            return self.client_app(msg, context)
         except Exception as exc:  # as Flower does: the error travels back as the reply
             return Message(Error(code=3, reason=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=1)}"), reply_to=msg)
 

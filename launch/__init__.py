@@ -1,0 +1,12 @@
+"""Starting, watching and stopping Flower's processes, for either side of a federation.
+
+  processes.py   process families found again by an environment marker, reapers, free ports
+  superlink.py   `flower-superlink` (simulation or deployment) with its state, home and log
+  supernode.py   `flower-supernode` for a client machine, and reading what it prints
+  simulation.py  `fedmtl simulate`'s engine: private SuperLink + one run, live progress, teardown
+  flwr_cli.py    the `flwr` command line against a SuperLink (runs, logs, status, node keys)
+  gateway.py     the Fleet-only gateway that keeps Control and Runtime APIs off the network
+  security.py    TLS certificates and client key pairs
+  service.py     the coordinator service: SuperLink + gateway + key registry + the run
+The coordinator and client packages use these; nothing here knows about rounds or training.
+"""
