@@ -56,11 +56,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def as_inputs(x, device: torch.device) -> torch.Tensor:
+    """A batch of inputs as the body expects it: floats as float32 (images, vectors), integers as
+    int64 (token ids of text suites)."""
+    t = torch.as_tensor(x)
+    dtype = torch.float32 if t.is_floating_point() else torch.long
+    return t.to(device=device, dtype=dtype)
+
+
 class _TaskStream:
     """Endless shuffled mini-batches of one task's training data, already on the device."""
 
     def __init__(self, data: TaskData, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
-        self.x = torch.as_tensor(data.x_train, dtype=torch.float32, device=device)
+        self.x = as_inputs(data.x_train, device)
         self.y = torch.as_tensor(data.y_train, dtype=torch.long, device=device)
         self.batch_size = min(batch_size, len(self.y))
         self.generator = generator
@@ -143,7 +151,7 @@ def evaluate_multitask(
         d = data[task]
         correct, loss_sum, n = 0, 0.0, d.num_test
         for i in range(0, n, batch_size):
-            x = torch.as_tensor(d.x_test[i : i + batch_size], dtype=torch.float32, device=dev)
+            x = as_inputs(d.x_test[i : i + batch_size], dev)
             y = torch.as_tensor(d.y_test[i : i + batch_size], dtype=torch.long, device=dev)
             logits = model(x, task)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
