@@ -30,7 +30,7 @@ version = "0.1.0"
 description = "Tiny Flower app for tests/test_launcher.py"
 license = "Apache-2.0"
 requires-python = ">=3.11"
-dependencies = ["flwr[simulation]==1.41.0"]
+dependencies = ["flwr[simulation]==1.42.0"]
 
 [tool.flwr.app]
 publisher = "fedmtl"

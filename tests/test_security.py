@@ -199,6 +199,15 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def test_gateway_routes_are_exactly_the_installed_flower_fleet_api() -> None:
+    """The allow-list follows Flower: every route of the installed SuperLink's Fleet router, all
+    POST, and nothing else (re-checked whenever flwr is upgraded)."""
+    from flwr.superlink.routers.fleet.router import router
+
+    installed = {(sorted(r.methods)[0], r.path) for r in router.routes}
+    assert installed == {("POST", path) for path in FLEET_ROUTES}
+
+
 def test_gateway_allow_list() -> None:
     import httpx
 
