@@ -34,10 +34,15 @@ def _data(context: Context, cfg: dict):
     return local_tasks(dict(context.node_config), str(cfg["suite"]), int(cfg.get("data-seed", 0)), str(cfg.get("data-root", "")))
 
 
-def _model(msg: Message, cfg: dict, tasks: list[str]):
-    """Rebuild the group's model for `tasks` and load the weights the coordinator sent."""
+def _model(record: ArrayRecord, cfg: dict, tasks: list[str]):
+    """Rebuild the group's model for `tasks` and load the weights the coordinator sent.
+
+    The record holds the group's whole model (one record serves every client of the group);
+    only the body and the heads of `tasks` are decoded and loaded.
+    """
     model = load_suite(str(cfg["suite"])).build_model(tasks)
-    state = msg.content[P.MODEL].to_torch_state_dict()
+    wanted = set(model.state_dict())
+    state = {k: torch.from_numpy(record[k].numpy()) for k in record.keys() if k in wanted}
     model.load_state_dict(state, strict=True)
     return model
 
@@ -75,7 +80,7 @@ def train(msg: Message, context: Context) -> Message:
     tasks = [t for t in cfg["tasks"] if t in data]
     if not tasks:
         raise ValueError(f"asked to train tasks {list(cfg['tasks'])} but this client holds {sorted(data)}")
-    model = _model(msg, cfg, tasks)
+    model = _model(msg.content[P.MODEL], cfg, tasks)
     train_cfg = TrainConfig(
         local_epochs=int(cfg.get("local-epochs", 1)),
         local_steps=int(cfg.get("local-steps", 0)),
@@ -104,7 +109,6 @@ def train(msg: Message, context: Context) -> Message:
         {
             P.MODEL: ArrayRecord(state),
             P.METRICS: MetricRecord(metrics),
-            P.CONFIG: ConfigRecord({"tasks": tasks}),
         }
     )
     return Message(content, reply_to=msg)
@@ -112,15 +116,22 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Per-task accuracy and loss of the received model on this client's own test split."""
+    """Per-task accuracy and loss of the received models on this client's own test split.
+
+    One message carries a model per task group this client holds tasks of ("model.<gid>",
+    with the tasks to evaluate in config "tasks.<gid>").
+    """
     cfg = _config(msg)
     data = _data(context, cfg)
-    tasks = [t for t in cfg["tasks"] if t in data]
-    model = _model(msg, cfg, tasks)
     started = time.perf_counter()
-    results = evaluate_multitask(model, data, tasks, device=str(cfg.get("device", "auto")))
-    metrics: dict[str, float] = {"eval-seconds": time.perf_counter() - started}
-    for t, r in results.items():
-        for name, value in r.items():
-            metrics[P.task_key(name, t)] = value
+    metrics: dict[str, float] = {}
+    for gid in cfg[P.EVAL_GROUPS]:
+        tasks = [t for t in cfg[P.group_key("tasks", gid)] if t in data]
+        if not tasks:
+            continue
+        model = _model(msg.content[P.group_key(P.MODEL, gid)], cfg, tasks)
+        for t, r in evaluate_multitask(model, data, tasks, device=str(cfg.get("device", "auto"))).items():
+            for name, value in r.items():
+                metrics[P.task_key(name, t)] = value
+    metrics["eval-seconds"] = time.perf_counter() - started
     return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)

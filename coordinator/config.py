@@ -36,7 +36,7 @@ class RunConfig:
     mode: str = "all-in-one"
     # rounds and clients
     rounds: int = 10
-    fraction: float = 1.0  # share of eligible clients sampled per group and round
+    fraction: float = 1.0  # 1: every client; < 1: this share of the connected clients, drawn each round
     min_clients: int = 2  # wait for this many clients before round 1
     min_clients_timeout: float = 300.0
     client_capacity: int = 1  # groups a client trains per round
@@ -58,6 +58,7 @@ class RunConfig:
     affinity_every: int = 10
     affinity_batch_size: int = 0  # 0 = the training batch; larger = less noisy measurements
     affinity_signal: str = "lookahead"
+    affinity_monitor: bool = False  # also measure in rounds no split reads (any mode)
     affinity_average: str = "mean"  # over measured rounds: mean (MAS), window (last N) or ema
     affinity_window: int = 5
     affinity_ema: float = 0.5
@@ -71,6 +72,12 @@ class RunConfig:
     quorum: float = 0.5  # share of a group's sampled clients whose valid replies complete its round
     max_retries: int = 1
     max_update_norm: float = 0.0  # 0 = no bound
+    max_examples: int = 1_000_000  # per task and client: larger declared counts are refused
+    client_registry: str = ""  # node id -> name file of the coordinator service (secure deployments)
+    # evaluation
+    evaluate_every: int = 1  # rounds between evaluations (round 0 and the last round always)
+    fraction_evaluate: float = 1.0  # share of the connected clients that evaluate
+    evaluate_data: str = ""  # a held-out data folder (client format) the coordinator scores too
     # outputs
     out: str = "runs/latest"
     checkpoint_keep: int = 2
@@ -135,6 +142,9 @@ class RunConfig:
         need(0.0 < self.quorum <= 1.0, "quorum", "must be in (0, 1]")
         need(self.max_retries >= 0, "max-retries", "must be >= 0")
         need(self.max_update_norm >= 0, "max-update-norm", "must be >= 0 (0 = no bound)")
+        need(1 <= self.max_examples <= 2**31 - 1, "max-examples", "must be in [1, 2^31)")
+        need(self.evaluate_every >= 1, "evaluate-every", "must be >= 1")
+        need(0.0 < self.fraction_evaluate <= 1.0, "fraction-evaluate", "must be in (0, 1]")
         need(self.checkpoint_keep >= 1, "checkpoint-keep", "must be >= 1")
         if self.mode in ("mas", "dynamic"):
             need(self.split_round < self.rounds, "split-round", f"must be < rounds ({self.rounds}) in mode {self.mode!r}")

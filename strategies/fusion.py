@@ -99,3 +99,45 @@ def fuse_group(
             head_w = [1.0] * len(holders)
         heads[task] = fuse_states([u.heads[task] for u in holders], head_w, reduce)
     return body, heads
+
+
+class GroupFusion:
+    """One group's round of fusion, fed one client update at a time as replies arrive.
+
+    Interim implementation: holds the updates and fuses them with `fuse_group` in a fixed order
+    (by `order`, the client's name), so results do not depend on arrival order.
+    """
+
+    def __init__(self, reference_body: State, reference_heads: dict[str, State], weighting: str = "uniform",
+                 aggregator: str = "mean", trim_fraction: float = 0.2, clip_norm: float = 0.0) -> None:
+        from strategies.robust import make_reducer
+
+        self.reference_body = reference_body
+        self.reference_heads = reference_heads
+        self.weighting = weighting
+        self.reducer = make_reducer(aggregator, **({"trim_fraction": trim_fraction} if aggregator == "trimmed-mean" else {}))
+        self.clip_norm = clip_norm
+        self._updates: list[tuple[str, ClientUpdate]] = []
+
+    @property
+    def count(self) -> int:
+        return len(self._updates)
+
+    def add(self, update: ClientUpdate, order: str = "") -> None:
+        if self.clip_norm > 0:
+            update = self._clip(update)
+        body = {k: update.body[k] for k in self.reference_body}
+        heads = {t: {k: h[k] for k in self.reference_heads[t]} for t, h in update.heads.items()}
+        self._updates.append((order, ClientUpdate(update.node_id, body, heads, dict(update.examples))))
+
+    def _clip(self, u: ClientUpdate) -> ClientUpdate:
+        from strategies.robust import clip_update
+        from tasks.models import join_state, split_state
+
+        ref = join_state(self.reference_body, {t: self.reference_heads[t] for t in u.heads})
+        body, heads = split_state(clip_update(ref, join_state(u.body, u.heads), self.clip_norm))
+        return ClientUpdate(u.node_id, body, heads, u.examples)
+
+    def result(self) -> tuple[State, dict[str, State]]:
+        updates = [u for _, u in sorted(self._updates, key=lambda item: item[0])]
+        return fuse_group(self.reference_heads, updates, self.weighting, self.reducer)
