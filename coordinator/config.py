@@ -72,6 +72,7 @@ class RunConfig:
     quorum: float = 0.5  # share of a group's sampled clients whose valid replies complete its round
     max_retries: int = 1
     max_update_norm: float = 0.0  # 0 = no bound
+    max_update_ratio: float = 10.0  # refuse updates longer than this times the model's own norm (0 = off)
     max_examples: int = 1_000_000  # per task and client: larger declared counts are refused
     client_registry: str = ""  # node id -> name file of the coordinator service (secure deployments)
     # evaluation
@@ -142,6 +143,7 @@ class RunConfig:
         need(0.0 < self.quorum <= 1.0, "quorum", "must be in (0, 1]")
         need(self.max_retries >= 0, "max-retries", "must be >= 0")
         need(self.max_update_norm >= 0, "max-update-norm", "must be >= 0 (0 = no bound)")
+        need(self.max_update_ratio >= 0, "max-update-ratio", "must be >= 0 (0 = no bound)")
         need(1 <= self.max_examples <= 2**31 - 1, "max-examples", "must be in [1, 2^31)")
         need(self.evaluate_every >= 1, "evaluate-every", "must be >= 1")
         need(0.0 < self.fraction_evaluate <= 1.0, "fraction-evaluate", "must be in (0, 1]")

@@ -62,6 +62,7 @@ class Roster:
         self.unresponsive: dict[int, int] = {}  # node id -> round its query failed
         self.registry_path = cfg.client_registry
         self.registry = load_registry(self.registry_path)
+        self.unreported = RoundOutcome(round=-1, groups=[])  # joins and refusals outside a round
 
     # -- who is here -------------------------------------------------------------------------
 
@@ -134,7 +135,8 @@ class Roster:
         joined: list[ClientInfo] = []
         for sent in silent:
             self.unresponsive[sent.node] = round_
-        for sent, reply in answered:
+        outcome = outcome if outcome is not None else self.unreported
+        for sent, reply in sorted(answered, key=lambda pair: pair[0].node):  # a fixed order: first come is lowest id
             node = sent.node
             if reply.has_error():
                 self.unresponsive[node] = round_
@@ -161,9 +163,14 @@ class Roster:
                 self.log(f"  joined: {info.name} (node {node}, {short(info.device)}) tasks {examples}")
         if len(joined) > JOIN_LINES:
             self.log(f"  ... and {len(joined) - JOIN_LINES} more clients joined")
-        if outcome is not None:
-            outcome.joined += [c.name for c in joined]
+        outcome.joined += [c.name for c in joined]
         return joined
+
+    def report_into(self, outcome: RoundOutcome) -> None:
+        """Hand joins and refusals made outside a round (start-up) to a round's record."""
+        outcome.joined = self.unreported.joined + outcome.joined
+        outcome.rejected = self.unreported.rejected + outcome.rejected
+        self.unreported = RoundOutcome(round=-1, groups=[])
 
     def _admit(self, info: ClientInfo, online: set[int]) -> str | None:
         """Apply the identity rules; returns why the client is refused, or None (then it is in)."""
@@ -187,7 +194,6 @@ class Roster:
         self.clients[node] = info
         return None
 
-    def _refuse(self, node: int, name: str, reasons: list[str], outcome: RoundOutcome | None) -> None:
+    def _refuse(self, node: int, name: str, reasons: list[str], outcome: RoundOutcome) -> None:
         self.log(f"  refused node {node} ({short(name)}): {'; '.join(reasons[:3])}")
-        if outcome is not None:
-            outcome.reject(node, short(name), None, reasons, "query")
+        outcome.reject(node, short(name), None, reasons, "query")

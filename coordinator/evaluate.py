@@ -35,7 +35,7 @@ def evaluate(exchange: Exchange, outbox: Outbox, groups: list[TaskGroup], pool: 
             outgoing.append(outbox.evaluate(node, held))
     answered, silent = exchange.send(outgoing, timeout=cfg.round_timeout)
     totals: dict[str, dict[str, float]] = defaultdict(lambda: {"correct": 0.0, "loss": 0.0, "examples": 0.0})
-    for sent, reply in answered:
+    for sent, reply in sorted(answered, key=lambda pair: roster.name_of(pair[0].node)):  # fixed order: exact sums
         name = roster.name_of(sent.node)
         if reply.has_error():
             outcome.errors.append({"node": sent.node, "client": name, "group": None, "error": error_text(reply), "kind": "evaluate"})

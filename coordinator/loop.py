@@ -77,7 +77,8 @@ class Coordinator:
         self.affinity = AffinityBook(self.tasks, cfg, self.plan)
         self.state = regroup.GroupState(groups=[], next_gid=0)
         self.scheduler = SchedulerState()
-        self.policy = ValidationPolicy(max_update_norm=cfg.max_update_norm or None, max_examples=cfg.max_examples)
+        self.policy = ValidationPolicy(max_update_norm=cfg.max_update_norm or None, max_examples=cfg.max_examples,
+                                       max_relative_norm=cfg.max_update_ratio or None)
         self.history = History(config=cfg.to_dict(), tasks=self.tasks, suite=cfg.suite)
         self.models = ModelStore(self.out, cfg.suite, cfg.to_dict())
         self.round = 0
@@ -214,6 +215,7 @@ class Coordinator:
 
     # ------------------------------------------------------------------ record and resume
     def _record(self, outcome: RoundOutcome) -> None:
+        self.roster.report_into(outcome)
         with _phase(outcome, "record"):
             self.history.add(outcome, self.out)
             self.models.save(self.groups, outcome.round, outcome.metrics, outcome.evaluated)

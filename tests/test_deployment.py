@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from coordinator.history import read_history
 from fedmtl import cli
 from launch.processes import free_port
 from launch.security import certificate_covers, certificate_sans
@@ -299,7 +300,7 @@ def _wait_gone(text: str, timeout: float = 30.0) -> None:
 
 
 def _history(out: Path) -> dict[str, Any]:
-    return json.loads((out / "history.json").read_text())
+    return read_history(out)  # history.jsonl while the run goes on, history.json once it ended
 
 
 def _rounds_done(out: Path) -> int:
