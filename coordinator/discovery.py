@@ -111,7 +111,7 @@ class Roster:
             unknown = [n for n in online if n not in self.clients and self._may_query(n, 0)]
             if self.cfg.fraction < 1.0:  # a sampling run: meet a batch, not the whole federation
                 unknown = sorted(unknown, key=lambda n: draw_order(self.cfg.seed, 0, n))
-                unknown = unknown[: max(64, 2 * (count - len(self.clients)))]
+                unknown = unknown[: max(2 * (count - len(self.clients)), math.ceil(self.cfg.fraction * len(online)))]
             if unknown:
                 self.discover(exchange, outbox, unknown, 0, None)
             if len(self.clients) >= count or time.monotonic() > deadline:
