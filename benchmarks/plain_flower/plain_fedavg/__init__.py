@@ -1,0 +1,1 @@
+"""Plain Flower FedAvg on fedmtl's task suites (the framework-overhead baseline)."""
