@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     for t in (main_t, summary):
         B.print_table(t)
     report["tables"] = [main_t, summary]
+    agree = sum(r["exact_vs_brute"] for r in checked)
+    report["targets"] = [["exact search gives brute force's answer", f"{agree}/{len(checked)} cells (n up to "
+                          f"{max((r['n'] for r in checked), default=0)})", "met" if agree == len(checked) else "not met"]]
     report["raw"] = {"per_partition_s": per_partition, "cells": results}
     B.write_report(report, args.out)
     return 0

@@ -176,6 +176,7 @@ def analyse(res: dict[str, Any], target: float | None) -> dict[str, Any]:
     anchors = anchor_table(suite, summary)
     why = why_table(res, summary)
     return {"summary": summary, "budgets": budgets, "batch_budget": batch_budget, "targets": targets,
+            "verdicts": anchor_verdicts(suite, summary),
             "tables": [main, per_task, matched, anchors, why]}
 
 
@@ -186,6 +187,25 @@ def _pm_pair(ms: tuple[float, float], digits: int, missing: str = "not reached")
 
 def _groups_text(groups: list[list[str]]) -> str:
     return " / ".join(",".join(g) for g in groups) if len(groups) <= 4 else f"{len(groups)} groups"
+
+
+def anchor_verdicts(suite: str, summary: dict[str, Any]) -> list[list[str]]:
+    """The anchors as [target, result, verdict] rows for the report's first page."""
+    aio, sep = summary.get("all-in-one"), summary.get("separate")
+    mas = {m: summary[m] for m in ("mas2", "mas3") if m in summary}
+    rows = []
+    if sep and mas:
+        ratios = {m: sep["to_target"][0][0] / s["to_target"][0][0] for m, s in mas.items() if s["to_target"][0][0] > 0}
+        text = ", ".join(f"{m} {v:.2f}x" for m, v in ratios.items()) or "not reached"
+        rows.append([f"{suite}: MAS needs 2x less client compute than separate to reach the lower target", text,
+                     "met" if any(v >= 2 for v in ratios.values()) else "not met"])
+    if aio:
+        for label, bound in (("MAS: lower total loss than all-in-one", 0.0), ("TAG: 10% lower total loss than all-in-one", -10.0)):
+            change = {m: (s["loss"][0] / aio["loss"][0] - 1) * 100 for m, s in summary.items()
+                      if m in ("mas2", "mas3", "dynamic")}
+            text = ", ".join(f"{m} {v:+.1f}%" for m, v in change.items())
+            rows.append([f"{suite}: {label}", text, "met" if any(v < bound for v in change.values()) else "not met"])
+    return rows
 
 
 def anchor_table(suite: str, summary: dict[str, Any]) -> dict[str, Any]:
@@ -311,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             for t in analysis["tables"]:
                 B.print_table(t)
             report["tables"] += analysis["tables"]
+            report["targets"] += analysis["verdicts"]
             name = f"quality_{suite}.png"
             plot(res, analysis, args.out / name)
             report["plots"].append(name)

@@ -212,7 +212,7 @@ def summarise(results: list[dict[str, Any]], signals: list[str], args: argparse.
     holds = B.table("ARI by what clients hold (all configurations)", ["clients hold", "runs",
                                                                       *[f"ARI {s}" for s in signals], "pairs measured"],
                     by_hold)
-    return [main, targets, holds]
+    return [main, targets, holds], target_rows
 
 
 def plot(results: list[dict[str, Any]], signals: list[str], path: Path) -> Path:
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                     done = [r for r in results if Mix(**r["mix"]) == mix and r["seed"] == seed and every == args.every]
                     sweep.append(done[0] if done else run_mix(mix, seed, args, Path(tmp), every))
     signals = sorted({s for r in results for s in r["ari"]}, key=lambda s: (s != args.signal, s))
-    tables = summarise(results, signals, args)
+    tables, report["targets"] = summarise(results, signals, args)
     if sweep:
         tables.append(sweep_table(sweep, signals))
     for t in tables:

@@ -159,7 +159,7 @@ def tables(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict
                      [[r["clients"], *[(r.get("timing") or {}).get(p) for p in
                                        ("discovery", "schedule", "train", "fuse", "evaluate", "record")]]
                       for r in results if r.get("timing")])
-    return [main, B.table("Scale targets", ["target", "result", "verdict"], verdicts), phases]
+    return [main, B.table("Scale targets", ["target", "result", "verdict"], verdicts), phases], verdicts
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> Path:
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fedmtl-bench-scale-") as tmp:
         for n in sizes:
             results.append(run_size(n, args, Path(tmp)))
-    report["tables"] = tables(results, args)
+    report["tables"], report["targets"] = tables(results, args)
     for t in report["tables"]:
         B.print_table(t)
     report["raw"] = {"sizes": results}

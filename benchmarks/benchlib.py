@@ -5,10 +5,12 @@ it in docs/benchmarks.md without re-running anything:
 
     {"benchmark": "quality", "title": ..., "date": ..., "command": "python benchmarks/...",
      "machine": {...}, "versions": {...}, "config": {...},
-     "tables": [{"title", "columns", "rows", "note"}], "plots": ["quality_default.png", ...],
+     "tables": [{"title", "columns", "rows", "note"}], "targets": [[target, result, verdict]],
+     "plots": ["quality_default.png", ...],
      "notes": [...], "raw": {...}}
 
-`plots` are file names relative to the JSON file's folder. Tables hold display-ready values
+`targets` are [target, result, verdict] rows (collected on the report's first page); `plots` are
+file names relative to the JSON file's folder. Tables hold display-ready values
 (numbers are rounded when printed, not in the file). Benchmarks print the same tables.
 
 Also here: a sampler of the memory of a whole process family (a simulation is a dozen
@@ -18,6 +20,7 @@ so nothing beyond the standard library is needed.
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import math
 import os
@@ -109,16 +112,26 @@ def new_report(benchmark: str, title: str, config: dict[str, Any]) -> dict[str, 
         "benchmark": benchmark, "title": title,
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": command_line(), "machine": machine_info(), "versions": versions(), "config": config,
-        "tables": [], "plots": [], "notes": [], "raw": {},
+        "tables": [], "targets": [], "plots": [], "notes": [], "raw": {},
     }
 
 
 def write_report(report: dict[str, Any], out: Path) -> Path:
-    """`<out>/<benchmark>.json` (strict JSON: NaN is written as null)."""
+    """`<out>/<benchmark>.json` (strict JSON: NaN is written as null) and one CSV per table
+    (`<benchmark>.table<k>.csv`)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{report['benchmark']}.json"
     report["finished"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     write_json_atomic(path, report)
+    for old in out.glob(f"{report['benchmark']}.table*.csv"):
+        old.unlink()
+    for k, t in enumerate(report.get("tables", []), start=1):
+        with open(out / f"{report['benchmark']}.table{k}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([f"# {t['title']}"])
+            writer.writerow(t["columns"])
+            for row in t["rows"]:
+                writer.writerow(["" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v for v in row])
     print(f"\nwrote {path}", flush=True)
     return path
 

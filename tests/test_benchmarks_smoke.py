@@ -1,0 +1,56 @@
+"""Benchmarks run and write what docs/benchmarks.md is built from (figures are never asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from federation import first_reach, value_at  # noqa: E402
+
+
+def test_compute_matched_helpers_interpolate_between_evaluated_rounds():
+    xs, ys = [0.0, 10.0, 20.0], [0.2, 0.6, 0.8]
+    assert value_at(xs, ys, 5.0) == pytest.approx(0.4)
+    assert value_at(xs, ys, 20.0) == pytest.approx(0.8)
+    assert value_at(xs, ys, 25.0) != value_at(xs, ys, 25.0)  # NaN: past the end of the run
+    assert first_reach(xs, ys, 0.7) == pytest.approx(15.0)
+    assert first_reach(xs, ys, 0.1) == 0.0
+    assert first_reach(xs, ys, 0.9) != first_reach(xs, ys, 0.9)  # NaN: never reached
+
+
+def test_quick_recovery_benchmark_writes_a_report_run_all_can_render(tmp_path):
+    out = tmp_path / "results" / "recovery"
+    cmd = [sys.executable, "benchmarks/bench_recovery.py", "--quick", "--configs", "1", "--rounds", "2",
+           "--split-round", "1", "--set", "local-steps=5", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "recovery.json").read_text())
+    for key in ("benchmark", "date", "command", "machine", "versions", "config", "tables", "targets", "raw"):
+        assert key in report, key
+    assert report["benchmark"] == "recovery"
+    assert {"cores", "memory_gib", "cpu"} <= set(report["machine"])
+    assert {"python", "torch", "flwr", "ray", "fedmtl_commit"} <= set(report["versions"])
+    assert "bench_recovery.py --quick" in report["command"]
+    (run,) = report["raw"]["runs"]
+    assert set(run["ari"]) >= {"lookahead", "cosine"}
+    assert all(-1.0 <= v <= 1.0 for v in run["ari"].values())
+    assert run["run_matches_offline"] is True  # the run's own split is the one re-computed from its history
+    assert 0.0 <= run["pairs_measured"] <= 1.0 and run["affinity_seconds"] >= 0.0
+    table = report["tables"][0]
+    assert table["rows"] and len(table["rows"][0]) == len(table["columns"])
+    assert (out / "recovery.table1.csv").read_text().count("\n") == len(table["rows"]) + 2
+
+    doc = tmp_path / "benchmarks.md"
+    done = subprocess.run([sys.executable, "benchmarks/run_all.py", "--render-only", "--results",
+                           str(tmp_path / "results"), "--doc", str(doc)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = doc.read_text()
+    assert "## 2. Grouping recovery" in text and "| task mix |" in text
+    assert report["command"] in text
+    assert "_No figures: no result (not run)._" in text  # e.g. quality: not run here, said so
