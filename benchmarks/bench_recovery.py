@@ -73,8 +73,8 @@ class Mix:
 
     @property
     def clear(self) -> bool:
-        """Clearly planted: related tasks, little noise, and some client trains each pair together."""
-        return self.variation <= 0.3 and self.label_noise <= 0.05 and self.holdings != "one"
+        """Clearly planted: related tasks within a group, little label noise (whatever clients hold)."""
+        return self.variation <= 0.3 and self.label_noise <= 0.05
 
     def label(self) -> str:
         return (f"{self.tasks} tasks ({self.num_groups}x{self.tasks_per_group}), var {self.variation:g}, "
@@ -187,16 +187,21 @@ def summarise(results: list[dict[str, Any]], signals: list[str], args: argparse.
         f"Recovered grouping vs planted (ARI; mean ± std over {len(args.seeds)} task mixes/seeds, min = worst seed); "
         f"mas, split after round {args.split_round} of {args.rounds}, run split on {args.signal!r}, "
         f"affinity-every {args.every}",
-        ["task mix", "clearly planted", *[f"ARI {s}" for s in signals], "run split = offline", "pairs measured",
+        ["task mix", "clearly planted (var <= 0.3, noise <= 0.05)", *[f"ARI {s}" for s in signals], "run split = offline", "pairs measured",
          "measurement % of training (run)", "% in merged rounds"], rows,
         note="pairs measured: share of ordered task pairs some client measured in the merged rounds. "
              "measurement %: affinity-measurement client seconds / training client seconds.")
-    clear = [r for r in results if Mix(**r["mix"]).clear]
     target_rows = []
-    for s in signals:
-        perfect = sum(1 for r in clear if r["ari"].get(s) is not None and r["ari"][s] >= 1 - 1e-9)
-        target_rows.append([f"ARI 1.0 on clearly planted mixes ({s})", f"{perfect}/{len(clear)} runs",
-                            "met" if clear and perfect == len(clear) else "not met"])
+    for label, holds in (("clients hold all or some tasks", ("all", "some")),
+                         ("clients hold one task each (needs cross-client affinity)", ("one",))):
+        clear = [r for r in results if Mix(**r["mix"]).clear and r["mix"]["holdings"] in holds]
+        if not clear:
+            continue
+        for s in signals:
+            perfect = sum(1 for r in clear if r["ari"].get(s) is not None and r["ari"][s] >= 1 - 1e-9)
+            target_rows.append([f"ARI 1.0 where groups are clearly planted, {label} ({s})",
+                                f"{perfect}/{len(clear)} runs (mean ARI {B.mean_std(r['ari'].get(s) for r in clear)[0]:.2f})",
+                                "met" if perfect == len(clear) else "not met"])
     shares = [r["affinity_share"] for r in results if math.isfinite(r["affinity_share"])]
     under = sum(v <= 0.10 for v in shares)
     target_rows.append(["measurement <= 10% of training compute (whole run)", f"{under}/{len(shares)} runs "
