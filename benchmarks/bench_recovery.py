@@ -102,13 +102,18 @@ def labels_of(groups: list[list[str]], tasks: list[str]) -> list[int]:
     return [where[t] for t in tasks]
 
 
-def run_mix(mix: Mix, seed: int, args: argparse.Namespace, work: Path, every: int) -> dict[str, Any]:
+def run_mix(mix: Mix, seed: int, args: argparse.Namespace, work: Path, setting: tuple[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """One mas run on one task mix; `setting` (key, value) overrides one run-config key (the sweep)."""
     suite = mix.suite(seed)
     planted = load_suite(suite).planted_groups
     tasks = load_suite(suite).task_names
     config = BASE | {"suite": suite, "seed": seed, "rounds": args.rounds, "split-round": args.split_round,
-                     "max-groups": mix.num_groups, "affinity-signal": args.signal, "affinity-every": every} | args.extra
-    res = run_federation(config, mix.tasks, work / f"{mix.tasks}-{mix.holdings}-{seed}-{every}")
+                     "max-groups": mix.num_groups, "affinity-signal": args.signal, "affinity-every": args.every} | args.extra
+    if setting is not None:
+        config[setting[0]] = setting[1]
+    tag = f"{setting[0]}={setting[1]}" if setting else "main"
+    res = run_federation(config, mix.tasks, work / f"{mix.tasks}-{mix.holdings}-{seed}-{tag}")
     rounds = {r["round"]: r for r in res.history["rounds"]}
     split_round = args.split_round
     tracked = (rounds[split_round].get("affinity") or {}).get("tracked") or {}
@@ -138,7 +143,8 @@ def run_mix(mix: Mix, seed: int, args: argparse.Namespace, work: Path, every: in
     m_train = sum(c.get("train_seconds", 0.0) for c in merged)
     m_aff = sum(c.get("affinity_seconds", 0.0) for c in merged)
     out = {
-        "mix": asdict(mix), "seed": seed, "affinity_every": every, "suite": suite, "planted": planted, "found": found, "ari": ari,
+        "mix": asdict(mix), "seed": seed, "setting": list(setting) if setting else None,
+        "affinity_every": config["affinity-every"], "suite": suite, "planted": planted, "found": found, "ari": ari,
         "run_split": run_groups, "run_ari": adjusted_rand_score(truth, labels_of(run_groups, tasks)) if run_groups else None,
         "run_matches_offline": bool(run_groups) and _canon(run_groups) == _canon(found.get(args.signal, [])),
         "pairs_measured": len(measured) / n_pairs if n_pairs else float("nan"), "pairs_coverage_split_round": len(pairs),
@@ -146,7 +152,7 @@ def run_mix(mix: Mix, seed: int, args: argparse.Namespace, work: Path, every: in
         "affinity_share_merged": m_aff / m_train if m_train else float("nan"),
         "train_seconds": train, "affinity_seconds": aff, "wall": res.wall,
     }
-    print(f"  {mix.label()}, seed {seed}, affinity every {every}: ARI " + ", ".join(f"{s} {v:.2f}" for s, v in ari.items())
+    print(f"  {mix.label()}, seed {seed}{', ' + tag if setting else ''}: ARI " + ", ".join(f"{s} {v:.2f}" for s, v in ari.items())
           + f" | pairs measured {out['pairs_measured']:.0%} | affinity {out['affinity_share']:.1%} of training "
           f"({out['affinity_share_merged']:.0%} in merged rounds) | {res.wall:.0f}s", flush=True)
     return out
@@ -156,17 +162,18 @@ def _canon(groups: list[list[str]]) -> list[list[str]]:
     return sorted(sorted(g) for g in groups)
 
 
-def sweep_table(sweep: list[dict[str, Any]], signals: list[str]) -> dict[str, Any]:
-    """ARI and measurement cost as the measurement period changes (same mixes and seeds)."""
+def sweep_table(sweep: list[dict[str, Any]], signals: list[str], key: str) -> dict[str, Any]:
+    """ARI and measurement cost as one measurement setting changes (same mixes and seeds)."""
     rows = []
-    keys = sorted({(Mix(**r["mix"]), r["affinity_every"]) for r in sweep}, key=lambda k: (k[0].tasks, k[1]))
-    for mix, every in keys:
-        rs = [r for r in sweep if Mix(**r["mix"]) == mix and r["affinity_every"] == every]
-        rows.append([mix.label(), every, *[B.pm((r["ari"].get(s) for r in rs), 2) for s in signals],
+    keys = sorted({(Mix(**r["mix"]), r["setting"][1]) for r in sweep}, key=lambda k: (k[0].tasks, k[1]))
+    for mix, value in keys:
+        rs = [r for r in sweep if Mix(**r["mix"]) == mix and r["setting"][1] == value]
+        rows.append([mix.label(), value, *[B.pm((r["ari"].get(s) for r in rs), 2) for s in signals],
                      B.pm((r["affinity_share"] * 100 for r in rs), 1), B.pm((r["affinity_share_merged"] * 100 for r in rs), 0)])
-    return B.table("Measurement period: ARI against cost (affinity-every = training steps between measurements)",
-                   ["task mix", "affinity-every", *[f"ARI {s}" for s in signals], "measurement % of training (run)",
-                    "% in merged rounds"], rows)
+    return B.table(f"Measurement setting sweep: ARI against cost ({key})",
+                   ["task mix", key, *[f"ARI {s}" for s in signals], "measurement % of training (run)",
+                    "% in merged rounds"], rows,
+                   note="affinity-every: training steps between measurements (the virtual-step/lookahead method).")
 
 
 def summarise(results: list[dict[str, Any]], signals: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -273,8 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--signal", default="lookahead", help="affinity-signal the runs split on")
     ap.add_argument("--every", type=int, default=DEFAULT_EVERY,
                     help=f"affinity-every: training steps between measurements (default: the project's, {DEFAULT_EVERY})")
-    ap.add_argument("--sweep", default=None, help="affinity-every values for the cost/quality sweep on two mixes "
+    ap.add_argument("--sweep", default=None, help="values of --sweep-key for the cost/quality sweep on two mixes "
                                                   "(default 2,5,10,20; quick and --configs: none; '' = none)")
+    ap.add_argument("--sweep-key", default="affinity-every",
+                    help="run-config key the sweep varies (e.g. affinity-steps for the gradients method)")
     ap.add_argument("--affinity-method", default=None, help="cross-client affinity: gradients, virtual-step or both")
     ap.add_argument("--affinity-steps", type=int, default=None)
     ap.add_argument("--affinity-sketch-dim", type=int, default=None)
@@ -304,24 +313,28 @@ def main(argv: list[str] | None = None) -> int:
         "mixes": [asdict(m) | {"tasks_per_client": m.tasks_per_client} for m in mixes], "seeds": args.seeds,
         "rounds": args.rounds, "split_round": args.split_round, "signal": args.signal, "affinity_every": args.every,
         "run_config": BASE | args.extra, "driver": "in-process grid, serial clients", "quick": args.quick})
-    sweep_every = B.parse_list(args.sweep if args.sweep is not None else
-                               ("" if args.quick or args.configs else "2,5,10,20"), int)
-    sweep_mixes = [Mix(3, 3, 0.3, 0.05, "some"), Mix(4, 3, 0.3, 0.05, "some")] if sweep_every else []
-    report["config"]["sweep"] = {"affinity_every": sweep_every, "mixes": [asdict(m) for m in sweep_mixes]}
+    sweep_values = [parse_value(v) for v in B.parse_list(args.sweep if args.sweep is not None else
+                                                         ("" if args.quick or args.configs else "2,5,10,20"))]
+    if sweep_values and args.sweep_key not in RunConfig.keys():
+        ap.error(f"--sweep-key {args.sweep_key!r} is not a run-config key here")
+    sweep_mixes = [Mix(3, 3, 0.3, 0.05, "some"), Mix(4, 3, 0.3, 0.05, "some")] if sweep_values else []
+    report["config"]["sweep"] = {"key": args.sweep_key, "values": sweep_values, "mixes": [asdict(m) for m in sweep_mixes]}
     results, sweep = [], []
     with tempfile.TemporaryDirectory(prefix="fedmtl-bench-recovery-") as tmp:
         for mix in mixes:
             for seed in args.seeds:
-                results.append(run_mix(mix, seed, args, Path(tmp), args.every))
+                results.append(run_mix(mix, seed, args, Path(tmp)))
+        main_value = (BASE | {"affinity-every": args.every} | args.extra).get(args.sweep_key)
         for mix in sweep_mixes:
-            for every in sweep_every:
+            for value in sweep_values:
                 for seed in args.seeds:
-                    done = [r for r in results if Mix(**r["mix"]) == mix and r["seed"] == seed and every == args.every]
-                    sweep.append(done[0] if done else run_mix(mix, seed, args, Path(tmp), every))
+                    done = [r for r in results if Mix(**r["mix"]) == mix and r["seed"] == seed and value == main_value]
+                    sweep.append(done[0] | {"setting": [args.sweep_key, value]} if done
+                                 else run_mix(mix, seed, args, Path(tmp), (args.sweep_key, value)))
     signals = sorted({s for r in results for s in r["ari"]}, key=lambda s: (s != args.signal, s))
     tables, report["targets"] = summarise(results, signals, args)
     if sweep:
-        tables.append(sweep_table(sweep, signals))
+        tables.append(sweep_table(sweep, signals, args.sweep_key))
     for t in tables:
         B.print_table(t)
     report["tables"] = tables
