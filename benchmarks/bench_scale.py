@@ -155,10 +155,12 @@ def tables(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict
             verdicts.append([f"round time: {args.sample} of {r['clients']} within 2x of {args.sample} of {args.sample}",
                              f"{ratio:.2f}x", "met" if ratio <= 2 else "not met"])
     phases = B.table("fedmtl's per-round step split (median seconds, rounds 1..R)",
-                     ["clients N", "discovery", "schedule", "train", "fuse", "evaluate", "record"],
+                     ["clients N", "discovery", "schedule", "train", "fuse", "evaluate", "round (history)"],
                      [[r["clients"], *[(r.get("timing") or {}).get(p) for p in
-                                       ("discovery", "schedule", "train", "fuse", "evaluate", "record")]]
-                      for r in results if r.get("timing")])
+                                       ("discovery", "schedule", "train", "fuse", "evaluate")],
+                       B.median(r.get("round_seconds") or [])]
+                      for r in results if r.get("timing")],
+                     note="discovery: drawing the round's clients and asking the ones not met yet what they hold.")
     return [main, B.table("Scale targets", ["target", "result", "verdict"], verdicts), phases], verdicts
 
 
