@@ -179,6 +179,33 @@ def _machine_line(report: dict[str, Any]) -> str:
             f"{v.get('torch')}, flwr {v.get('flwr')}, ray {v.get('ray')}; fedmtl {v.get('fedmtl_commit')}")
 
 
+def result_lines(bench: Bench, path: Path, folder: Path, rec: dict[str, Any], doc: Path) -> list[str]:
+    """One result file as markdown: where it came from, its tables and plots."""
+    sec: list[str] = []
+    data = json.loads(path.read_text())
+    if bench.ours or "command" in data:
+        sec += [f"Command: `{data.get('command', rec.get('command', '?'))}`  ", f"Date: {data.get('date', '?')}"
+                f"{' to ' + data['finished'] if data.get('finished') else ''}  ",
+                f"Ran on: {_machine_line(data)}  ", f"Result: [{path.name}]({_rel(path, doc)})", ""]
+    elif rec:
+        sec += [f"Command: `{rec.get('command')}`  ", f"Date: {rec.get('started')}  ",
+                f"Result: [{path.name}]({_rel(path, doc)})", ""]
+    for note in data.get("notes", []) if isinstance(data, dict) else []:
+        sec += [f"> {note}", ""]
+    tables = data.get("tables") if bench.ours else foreign_tables(data)
+    for t in tables or []:
+        sec += [f"**{t['title']}**" if t.get("title") else "", "", B.markdown_table(t), ""]
+        if t.get("note"):
+            sec += [f"_{t['note']}_", ""]
+    for plot in data.get("plots", []) if isinstance(data, dict) else []:
+        if (path.parent / plot).is_file():
+            sec += [f"![{plot}]({_rel(path.parent / plot, doc)})", ""]
+    if not bench.ours and (folder / "stdout.txt").is_file():
+        sec += ["What it printed (last lines):", "", "```",
+                *(folder / "stdout.txt").read_text().splitlines()[-40:], "```", ""]
+    return sec
+
+
 def render(results: Path, doc: Path, records: dict[str, dict[str, Any]], quick: bool, command: str) -> str:
     kept = keep_blocks(doc)
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -213,30 +240,20 @@ def render(results: Path, doc: Path, records: dict[str, dict[str, Any]], quick: 
                 sec += ["Last output lines:", "", "```", *(folder / "stdout.txt").read_text().splitlines()[-25:], "```", ""]
             sections.append("\n".join(sec))
             continue
-        data = json.loads(path.read_text())
-        if bench.ours or "command" in data:
-            sec += [f"Command: `{data.get('command', rec.get('command', '?'))}`  ", f"Date: {data.get('date', '?')}"
-                    f"{' to ' + data['finished'] if data.get('finished') else ''}  ",
-                    f"Ran on: {_machine_line(data)}  ", f"Result: [{path.name}]({_rel(path, doc)})", ""]
-        elif rec:
-            sec += [f"Command: `{rec.get('command')}`  ", f"Date: {rec.get('started')}  ",
-                    f"Result: [{path.name}]({_rel(path, doc)})", ""]
-        for note in data.get("notes", []) if isinstance(data, dict) else []:
-            sec += [f"> {note}", ""]
-        tables = data.get("tables") if bench.ours else foreign_tables(data)
-        for t in tables or []:
-            sec += [f"**{t['title']}**" if t.get("title") else "", "", B.markdown_table(t), ""]
-            if t.get("note"):
-                sec += [f"_{t['note']}_", ""]
-        for plot in data.get("plots", []) if isinstance(data, dict) else []:
-            if (path.parent / plot).is_file():
-                sec += [f"![{plot}]({_rel(path.parent / plot, doc)})", ""]
-        if not bench.ours and (folder / "stdout.txt").is_file():
-            sec += ["What it printed (last lines):", "", "```",
-                    *(folder / "stdout.txt").read_text().splitlines()[-40:], "```", ""]
+        sec += result_lines(bench, path, folder, rec, doc)
+        for variant in sorted(results.glob(f"{bench.name}-*")):
+            vpath = newest_json(variant, bench.name)
+            if vpath is not None:
+                suffix = variant.name[len(bench.name) + 1:]
+                sec += [f"### Variant: {suffix}", ""]
+                if f"{bench.name}-{suffix}" in kept:
+                    sec += [f"<!-- keep:{bench.name}-{suffix} -->", kept[f"{bench.name}-{suffix}"].rstrip("\n"),
+                            f"<!-- /keep:{bench.name}-{suffix} -->", ""]
+                sec += result_lines(bench, vpath, variant, {}, doc)
         for other in sorted(DOCS.glob(f"*{bench.name}*.md")):
             if other.resolve() != doc.resolve():
                 sec += [f"See also [{other.name}]({_rel(other, doc)}).", ""]
+        data = json.loads(path.read_text())
         for row in (data.get("targets") or []) if isinstance(data, dict) else []:
             targets.append([bench.title, *row])
         sections.append("\n".join(sec))
