@@ -82,6 +82,11 @@ class Coordinator:
         self.history = History(config=cfg.to_dict(), tasks=self.tasks, suite=cfg.suite)
         self.models = ModelStore(self.out, cfg.suite, cfg.to_dict())
         self.round = 0
+        if cfg.evaluate_data:
+            try:  # read and check the operator's folder now, not in the middle of round 1
+                evaluation.held_out_data(cfg.evaluate_data, cfg.suite)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"evaluate-data = {cfg.evaluate_data!r}: {exc}") from None
 
     # The groups and clients, for callers and tests.
     @property
