@@ -16,6 +16,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+MIN_WIDTH = 1024  # coordinates per chunk at least (fewer reads per row)
+
 
 class ReplyStore:
     """Rows of `n` float32 values (one per reply), appended from per-tensor segments."""
@@ -56,14 +58,16 @@ class ReplyStore:
         per-coordinate sorts want; C is chosen so the chunk and its sort stay near `max_bytes`.
         """
         k = len(order)
-        width = max(1024, int(max_bytes) // (k * 4 * 8))  # ~8 chunk-sized temporaries in the reducers
+        width = max(MIN_WIDTH, int(max_bytes) // (k * 4 * 8))  # ~8 chunk-sized temporaries in the reducers
         buf = np.empty((k, min(width, max(self.n, 1))), dtype=np.float32)
         for start in range(0, self.n, width):
             stop = min(start + width, self.n)
             block = buf[:, : stop - start]
             for i, r in enumerate(order):
                 if self._file is not None:
-                    os.preadv(self._file.fileno(), [memoryview(block[i])], (r * self.n + start) * 4)
+                    got = os.preadv(self._file.fileno(), [memoryview(block[i])], (r * self.n + start) * 4)
+                    if got != block[i].nbytes:
+                        raise OSError(f"short read from {self._path}: {got} of {block[i].nbytes} bytes")
                 else:
                     block[i] = self.rows[r][start:stop]
             yield start, np.ascontiguousarray(block.T)
