@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ def _run_one(p: int, k: int, agg: str, impl: str, spill: str | None) -> dict:
     cmd = [sys.executable, __file__, "--child", "--p", str(p), "--k", str(k), "--aggregator", agg, "--impl", impl]
     if spill:
         cmd += ["--spill", spill]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -266,7 +266,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     doc = {
         "command": " ".join([Path(sys.executable).name, "benchmarks/bench_fusion.py"] + sys.argv[1:]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": _machine(), "seconds": round(time.time() - started, 1), "rows": rows,
     }
     (out / "fusion.json").write_text(json.dumps(doc, indent=1))

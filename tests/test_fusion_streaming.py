@@ -252,7 +252,7 @@ def test_bad_replies_are_refused():
     with pytest.raises(ValueError, match="already added"):
         fusion.add(u, key="x")
     with pytest.raises(ValueError, match="outside the group"):
-        fusion.add(ClientUpdate(1, u.body, {"zzz": u.heads["a"] if "a" in u.heads else {}}, {"zzz": 1}), key="y")
+        fusion.add(ClientUpdate(1, u.body, {"zzz": u.heads.get("a", {})}, {"zzz": 1}), key="y")
     with pytest.raises(ValueError, match="shape"):
         fusion.add(ClientUpdate(1, {**u.body, "conv.bias": torch.zeros(5)}, {}, {"a": 1}), key="z")
     with pytest.raises(ValueError, match="keys differ"):
@@ -266,9 +266,7 @@ def test_bad_replies_are_refused():
 
 
 def test_many_small_chunks_give_the_same_result(monkeypatch):
-    import strategies.fusion.exact_sum as exact_sum
-    import strategies.fusion.reply_store as reply_store
-    import strategies.fusion.streaming as streaming
+    from strategies.fusion import exact_sum, reply_store, streaming
 
     updates = _updates(8)
     keys = list(range(8))

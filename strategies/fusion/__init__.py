@@ -7,9 +7,14 @@
 * `exact_sum.py`, `reply_store.py`, `chunked.py`, `clipping.py`: the pieces.
 """
 
-from strategies.fusion.types import WEIGHTINGS, ClientUpdate, Reducer, State
 from strategies.fusion.stacked import fuse_group_stacked, fuse_states, weighted_mean
-from strategies.fusion.streaming import AGGREGATORS, GroupFusion, StreamFusion, fuse_group
+from strategies.fusion.streaming import (
+    AGGREGATORS,
+    GroupFusion,
+    StreamFusion,
+    fuse_group,
+)
+from strategies.fusion.types import WEIGHTINGS, ClientUpdate, Reducer, State
 
 __all__ = [
     "AGGREGATORS",

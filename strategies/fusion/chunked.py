@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 # Relative tolerance when deciding that a cumulative weight sits exactly on the half-way mark
 # (exact for integer weights such as example counts; a guard for non-integer ones).

@@ -7,12 +7,12 @@ Lives beside the fusers (the streaming fuser clips each reply as it arrives);
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from strategies.fusion.types import State
-from strategies.norms import distance, squared_distance
+from strategies.norms import distance
 
 
 def _float_keys(reference: State) -> list[str]:

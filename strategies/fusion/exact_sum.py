@@ -35,8 +35,8 @@ bitwise order-independent only where the bound above holds.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -85,5 +85,5 @@ class ReplyStore:
     def __del__(self) -> None:  # a forgotten store must not leave its spill file behind
         try:
             self.close()
-        except Exception:
-            pass
+        except OSError:  # interpreter shutdown: the folder may be gone already
+            return

@@ -13,7 +13,7 @@ alternatives to the mean (median, trimmed mean, clipping) plug in through `reduc
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

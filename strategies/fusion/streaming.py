@@ -26,7 +26,8 @@ robust reducers and which reply's integer buffers are kept. Omitted, it is the a
 from __future__ import annotations
 
 import os
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -227,7 +228,9 @@ class StreamFusion:
     def _reduce_held(self, uniform: bool) -> State:
         if not self._held_keys:
             return {}
-        from strategies.robust import reducer_for  # the stacked reducers (no import cycle at load time)
+        from strategies.robust import (
+            reducer_for,  # the stacked reducers (no import cycle at load time)
+        )
 
         held = sorted(self._held, key=lambda h: h[0])
         weights = [1.0 if uniform else float(w) for _, w, _ in held]
@@ -276,8 +279,8 @@ class GroupFusion:
         self.reference_heads = reference_heads
         self.weighting = weighting
         self.clip_norm = float(clip_norm)
-        opts: dict[str, Any] = dict(aggregator=aggregator, trim_fraction=trim_fraction,
-                                    median_weighted=median_weighted, certify=certify)
+        opts: dict[str, Any] = {"aggregator": aggregator, "trim_fraction": trim_fraction,
+                                "median_weighted": median_weighted, "certify": certify}
         self._opts = opts
         self._spill_dir = spill_dir
         self.body = StreamFusion(reference_body, spill_dir=self._sub_dir("body"), **opts)
@@ -327,7 +330,7 @@ class GroupFusion:
         for h in self.heads.values():
             h.close()
 
-    def __enter__(self) -> "GroupFusion":
+    def __enter__(self) -> GroupFusion:
         return self
 
     def __exit__(self, *exc: object) -> None:
