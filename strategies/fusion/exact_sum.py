@@ -108,6 +108,7 @@ class ExactSum:
         self.terms = 0
         self._u32 = np.empty(CHUNK, dtype=np.uint32)
         self._f64 = np.empty(CHUNK, dtype=np.float64)
+        self._bool = np.empty(CHUNK, dtype=bool)  # preallocated: per-chunk temporaries fragment the heap
 
     @property
     def escalated_count(self) -> int:
@@ -166,7 +167,7 @@ class ExactSum:
             np.subtract(bits, _ONE, out=bits)  # zero wraps to 0xFFFFFFFF and never wins the min
             np.minimum(mn, bits, out=mn)
         np.subtract(mx, mn, out=bits)  # = max - min + 1 over non-zero |x| (1 when there are none)
-        risky = bits > threshold
+        risky = np.greater(bits, threshold, out=self._bool[:n])
         if not risky.any():
             return
         index = np.flatnonzero(risky)
