@@ -1,0 +1,279 @@
+"""Streaming fusion (GroupFusion) against the stacked reference, in any arrival order.
+
+Guarantees under test (strategies/fusion/streaming.py):
+* median / trimmed mean: bitwise equal to the stacked reducers on the updates sorted by key;
+* mean: bitwise independent of arrival order, equal to fl32(fl64(S) / W) for the exact sum S
+  (checked with Fractions, adversarial magnitudes included), within 1 float32 ulp of the stacked
+  float64 mean.
+"""
+
+from __future__ import annotations
+
+import random
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from strategies.fusion import ClientUpdate, GroupFusion, fuse_group, fuse_group_stacked
+from strategies.fusion.exact_sum import ExactSum
+from strategies.robust import clip_updates, make_reducer
+
+CASES = [("mean", {}), ("median", {}), ("median", {"weighted": False}), ("trimmed-mean", {"trim_fraction": 0.2})]
+TASKS = ("a", "b", "c")
+
+
+def _reference(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    body = {
+        "conv.weight": torch.randn(4, 3, 3, generator=g),
+        "conv.bias": torch.randn(4, generator=g),
+        "norm.running_mean": torch.randn(4, generator=g),
+        "norm.num_batches_tracked": torch.tensor(5, dtype=torch.int64),
+        "half": torch.randn(6, generator=g).to(torch.float16),
+        "scalar": torch.randn((), generator=g),
+    }
+    heads = {t: {"weight": torch.randn(2, 4, generator=g), "bias": torch.randn(2, generator=g)} for t in TASKS}
+    return body, heads
+
+
+def _updates(n: int, seed: int = 1, ties: bool = True) -> list[ClientUpdate]:
+    body, heads = _reference()
+    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        b = {k: (v + 0.1 * torch.randn(v.shape, generator=g).to(v.dtype)) if v.is_floating_point() else v + i
+             for k, v in body.items()}
+        if ties and i % 3 == 0:  # exact ties across clients exercise the tie order
+            b["conv.bias"] = body["conv.bias"].clone()
+        trained = [t for t in TASKS if rng.random() < 0.6] or ["a"]
+        trained = [t for t in trained if t != "c"]  # nobody trains c: its head must be kept
+        if not trained:
+            trained = ["a"]
+        h = {t: {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in heads[t].items()} for t in trained}
+        examples = {t: rng.randint(1, 50) for t in trained}
+        if i == 1 and "b" in examples:
+            examples["b"] = 0
+        out.append(ClientUpdate(node_id=100 + i, body=b, heads=h, examples=examples))
+    return out
+
+
+def _stream(updates, keys, weighting, name, opts, **kw):
+    body, heads = _reference()
+    fusion = GroupFusion(body, heads, weighting, name, trim_fraction=opts.get("trim_fraction", 0.2),
+                         median_weighted=opts.get("weighted", True), **kw)
+    for u, key in zip(updates, keys):
+        fusion.add(u, key=key)
+    out = fusion.result()
+    fusion.close()
+    return out
+
+
+def _assert_states(a, b, ulps: int = 0):
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        if ulps == 0 or not a[k].is_floating_point():
+            assert torch.equal(a[k], b[k]), k
+        else:
+            x, y = a[k].to(torch.float64).numpy(), b[k].to(torch.float64).numpy()
+            spacing = np.spacing(np.maximum(np.abs(x), np.abs(y)).astype(a[k].numpy().dtype)).astype(np.float64)
+            assert np.all(np.abs(x - y) <= ulps * spacing), k
+
+
+def _assert_groups(a, b, ulps: int = 0):
+    _assert_states(a[0], b[0], ulps)
+    assert list(a[1]) == list(b[1])
+    for t in a[1]:
+        _assert_states(a[1][t], b[1][t], ulps)
+
+
+@pytest.mark.parametrize("n", [10, 11])
+@pytest.mark.parametrize("weighting", ["uniform", "examples"])
+@pytest.mark.parametrize("name, opts", CASES)
+def test_streaming_equals_stacked_in_key_order(name, opts, weighting, n):
+    updates = _updates(n)
+    _, heads = _reference()
+    expected = fuse_group_stacked(heads, updates, weighting, make_reducer(name, **opts))
+    order = list(range(len(updates)))
+    random.Random(3).shuffle(order)
+    got = _stream([updates[i] for i in order], [f"client{i:02d}" for i in order], weighting, name, opts)
+    # the mean is the better-rounded of the two: within one float32 ulp (float16: one float16 ulp)
+    _assert_groups(got, expected, ulps=1 if name == "mean" else 0)
+    assert torch.equal(got[1]["c"]["weight"], heads["c"]["weight"])  # untrained head kept
+    assert got[0]["norm.num_batches_tracked"].item() == 5  # integer buffer of the smallest key (client00)
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "examples"])
+@pytest.mark.parametrize("name, opts", CASES)
+def test_arrival_order_never_changes_a_bit(name, opts, weighting):
+    updates = _updates(9)
+    keys = [f"client{i}" for i in range(len(updates))]
+    first = _stream(updates, keys, weighting, name, opts)
+    for seed in range(4):
+        order = list(range(len(updates)))
+        random.Random(seed).shuffle(order)
+        again = _stream([updates[i] for i in order], [keys[i] for i in order], weighting, name, opts)
+        _assert_groups(again, first)
+
+
+def _adversarial(n_clients: int, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_clients):
+        x = rng.standard_normal(n).astype(np.float32)
+        x *= (np.float32(10.0) ** rng.integers(-37, 37, n)).astype(np.float32)
+        x[rng.random(n) < 0.2] = 0.0
+        x[:6] = np.array([1e-45, -1e-45, 3.4e38 * (i % 2 * 2 - 1), 1.0, -1.0 + 2 ** -23, 2.0 ** -126], dtype=np.float32)
+        rows.append(x)
+    return rows
+
+
+@pytest.mark.parametrize("max_weight", [1, 5000, 1 << 24])
+def test_exact_sum_is_exact_and_order_free_for_adversarial_magnitudes(max_weight):
+    rows = _adversarial(12, 300, seed=max_weight)
+    rng = random.Random(max_weight)
+    weights = [rng.randint(1, max_weight) for _ in rows]
+
+    def total(order, batch):
+        s = ExactSum([100, 200])
+        items = [([rows[i][:100], rows[i][100:]], weights[i]) for i in order]
+        for j in range(0, len(items), batch):
+            s.add_batch(items[j:j + batch])
+        return s
+
+    s = total(range(len(rows)), 4)
+    assert s.escalated_count > 0  # the adversarial coordinates left the fast path
+    for c in range(300):
+        exact = sum((Fraction(float(r[c])) * w for r, w in zip(rows, weights)), Fraction(0))
+        assert s.total()[c] == float(exact), c  # correctly rounded exact sum
+    base = s.total().view(np.uint64)
+    for seed in range(3):
+        order = list(range(len(rows)))
+        random.Random(seed).shuffle(order)
+        assert np.array_equal(total(order, random.Random(seed).choice([1, 2, 5])).total().view(np.uint64), base)
+
+
+def test_benign_values_need_no_escalation_and_uncertified_agrees():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal(5000).astype(np.float32) * np.float32(0.05)
+    rows = [ref + np.float32(0.01) * rng.standard_normal(5000).astype(np.float32) for _ in range(32)]
+    a, b = ExactSum([5000]), ExactSum([5000], certify=False)
+    for r in rows:
+        a.add_batch([([r], 1)])
+        b.add_batch([([r], 1)])
+    assert a.escalated_count == 0
+    assert np.array_equal(a.total(), b.total())
+
+
+def test_mean_equals_exact_rational_through_group_fusion():
+    body = {"w": torch.zeros(50)}
+    rows = _adversarial(6, 50, seed=7)
+    updates = [ClientUpdate(i, {"w": torch.from_numpy(r.copy())}, {}, {"t": 3 * i + 1}) for i, r in enumerate(rows)]
+    fusion = GroupFusion(body, {}, "examples")
+    for u in reversed(updates):
+        fusion.add(u)
+    fused = fusion.result()[0]["w"]
+    W = sum(3 * i + 1 for i in range(len(rows)))
+    for c in range(50):
+        s = float(sum((Fraction(float(r[c])) * (3 * i + 1) for i, r in enumerate(rows)), Fraction(0)))
+        assert fused[c].item() == float(np.float32(s / W)), c
+
+
+def test_clipping_in_add_matches_clipping_the_joined_update():
+    body, heads = _reference()
+    updates = _updates(6, ties=False)
+    for u in updates:  # heads in the group's task order, as the old loop joined them
+        u.heads = {t: u.heads[t] for t in TASKS if t in u.heads}
+    clipped = []
+    for u in updates:
+        ref = {f"body.{k}": v for k, v in body.items()} | {f"heads.{t}.{k}": v for t in u.heads for k, v in heads[t].items()}
+        new = {f"body.{k}": v for k, v in u.body.items()} | {f"heads.{t}.{k}": v for t, h in u.heads.items() for k, v in h.items()}
+        c = clip_updates(ref, [new], 0.5)[0]
+        clipped.append(ClientUpdate(u.node_id, {k: c[f"body.{k}"] for k in u.body},
+                                    {t: {k: c[f"heads.{t}.{k}"] for k in h} for t, h in u.heads.items()}, u.examples))
+    for name, opts in CASES:
+        expected = fuse_group_stacked(heads, clipped, "uniform", make_reducer(name, **opts))
+        got = _stream(updates, range(len(updates)), "uniform", name, opts, clip_norm=0.5)
+        _assert_groups(got, expected, ulps=1 if name == "mean" else 0)
+
+
+def test_key_order_of_a_client_state_does_not_matter():
+    updates = _updates(5)
+    shuffled = [ClientUpdate(u.node_id, dict(reversed(list(u.body.items()))),
+                             {t: dict(reversed(list(h.items()))) for t, h in reversed(list(u.heads.items()))}, u.examples)
+                for u in updates]
+    for name, opts in CASES:
+        a = _stream(updates, range(5), "examples", name, opts, clip_norm=0.3)
+        b = _stream(shuffled, range(5), "examples", name, opts, clip_norm=0.3)
+        _assert_groups(a, b)
+
+
+def test_spilled_replies_give_the_same_result_and_are_removed(tmp_path):
+    updates = _updates(7)
+    for name, opts in CASES[1:]:
+        in_ram = _stream(updates, range(7), "examples", name, opts)
+        spilled = _stream(updates, range(7), "examples", name, opts, spill_dir=tmp_path / name)
+        _assert_groups(spilled, in_ram)
+        assert not [p for p in (tmp_path / name).rglob("*") if p.is_file()]
+
+
+def test_heads_whose_holders_report_zero_examples_are_averaged_uniformly():
+    body, heads = _reference()
+    updates = [ClientUpdate(i, {k: v.clone() for k, v in body.items()}, {"a": {"weight": torch.full((2, 4), float(i)), "bias": torch.zeros(2)}},
+                            {"a": 0, "b": 5}) for i in (1, 3)]
+    for name in ("mean", "median", "trimmed-mean"):
+        fusion = GroupFusion(body, heads, "examples", name, trim_fraction=0.0)
+        for u in updates:
+            fusion.add(u)
+        assert torch.equal(fusion.result()[1]["a"]["weight"], torch.full((2, 4), 2.0))
+
+
+def test_fuse_group_streams_known_reducers_and_falls_back_for_custom_ones():
+    updates = _updates(6)
+    _, heads = _reference()
+    for name, opts in CASES:
+        reduce = make_reducer(name, **opts)
+        _assert_groups(fuse_group(heads, updates, "uniform", reduce), _stream(updates, range(6), "uniform", name, opts))
+
+    def maximum(stacked, weights):
+        return stacked.max(dim=0).values
+
+    _assert_groups(fuse_group(heads, updates, "uniform", maximum), fuse_group_stacked(heads, updates, "uniform", maximum))
+
+
+def test_bad_replies_are_refused():
+    body, heads = _reference()
+    u = _updates(1)[0]
+    fusion = GroupFusion(body, heads)
+    fusion.add(u, key="x")
+    with pytest.raises(ValueError, match="already added"):
+        fusion.add(u, key="x")
+    with pytest.raises(ValueError, match="outside the group"):
+        fusion.add(ClientUpdate(1, u.body, {"zzz": u.heads.get("a", {})}, {"zzz": 1}), key="y")
+    with pytest.raises(ValueError, match="shape"):
+        fusion.add(ClientUpdate(1, {**u.body, "conv.bias": torch.zeros(5)}, {}, {"a": 1}), key="z")
+    with pytest.raises(ValueError, match="keys differ"):
+        fusion.add(ClientUpdate(1, {"conv.bias": torch.zeros(4)}, {}, {"a": 1}), key="w")
+    with pytest.raises(ValueError, match="at least one"):
+        GroupFusion(body, heads).result()
+    with pytest.raises(ValueError, match="aggregator"):
+        GroupFusion(body, heads, aggregator="krum")
+    with pytest.raises(ValueError, match="weighting"):
+        GroupFusion(body, heads, weighting="median-ish")
+
+
+def test_many_small_chunks_give_the_same_result(monkeypatch):
+    from strategies.fusion import exact_sum, reply_store, streaming
+
+    updates = _updates(8)
+    keys = list(range(8))
+    whole = {(n, str(o)): _stream(updates, keys, "examples", n, o) for n, o in CASES}
+    monkeypatch.setattr(exact_sum, "CHUNK", 5)
+    monkeypatch.setattr(reply_store, "MIN_WIDTH", 3)
+    monkeypatch.setattr(streaming, "WORKING_BYTES", 1)
+    monkeypatch.setattr(streaming, "BATCH", 3)
+    for n, o in CASES:
+        _assert_groups(_stream(updates, keys, "examples", n, o), whole[(n, str(o))])
