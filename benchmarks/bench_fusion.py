@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-AGGREGATORS = ["mean", "mean-examples", "mean-uncertified", "median", "trimmed-mean"]
+AGGREGATORS = ["mean", "mean-examples", "median", "trimmed-mean"]
 STACKED = ["mean", "median", "trimmed-mean"]
 TASKS = ("a", "b")
 
@@ -117,8 +117,8 @@ def _child(args: argparse.Namespace) -> dict:
 
     fusion = None
     if impl == "streaming":
-        fusion = GroupFusion(ref_body, ref_heads, weighting, aggregator, trim_fraction=0.2, spill_dir=spill,
-                             certify=agg != "mean-uncertified")
+        fusion = GroupFusion(ref_body, ref_heads, weighting, aggregator, trim_fraction=0.2, spill_dir=spill)
+        fusion.expect([f"client{i:05d}" for i in range(k)])  # the order replies were sent in
     held: list[ClientUpdate] = []
     rss0 = _status("VmRSS")
     _reset_peak()
@@ -138,13 +138,10 @@ def _child(args: argparse.Namespace) -> dict:
         if not first_np:
             t_np += numpy_sum(u)
         del u
-    escalated = None
     if impl == "streaming":
         t0 = time.perf_counter()
         fusion.result()  # type: ignore[union-attr]
         t_fuse += time.perf_counter() - t0
-        if fusion.body._sum is not None:  # type: ignore[union-attr]
-            escalated = fusion.body._sum.escalated_count  # type: ignore[union-attr]
         fusion.close()  # type: ignore[union-attr]
     elif impl == "stacked":
         reduce = make_reducer(aggregator, **({"trim_fraction": 0.2} if aggregator == "trimmed-mean" else {}))
@@ -161,7 +158,7 @@ def _child(args: argparse.Namespace) -> dict:
         "fuse_s": t_fuse, "numpy_s": t_np, "torch_s": t_torch,
         "fuse_gbps": data_gb / t_fuse if t_fuse else None, "numpy_gbps": data_gb / t_np, "torch_gbps": data_gb / t_torch,
         "ratio_numpy": t_fuse / t_np if t_fuse else None, "ratio_torch": t_fuse / t_torch if t_fuse else None,
-        "peak_mb": peak / 1e6, "update_mb": total * 4 / 1e6, "escalated": escalated, "spilled": bool(spill),
+        "peak_mb": peak / 1e6, "update_mb": total * 4 / 1e6, "spilled": bool(spill),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -194,7 +191,7 @@ def _run_one(p: int, k: int, agg: str, impl: str, spill: str | None) -> dict:
 
 
 def _table(rows: list[dict]) -> str:
-    head = f"{'impl':9} {'aggregator':17} {'P':>9} {'K':>4} {'GB/s':>7} {'numpy GB/s':>10} {'x numpy':>8} {'torch GB/s':>10} {'x torch':>8} {'peak MB':>8} {'upd MB':>7} {'escal.':>7}"
+    head = f"{'impl':9} {'aggregator':17} {'P':>9} {'K':>4} {'GB/s':>7} {'numpy GB/s':>10} {'x numpy':>8} {'torch GB/s':>10} {'x torch':>8} {'peak MB':>8} {'upd MB':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
         def f(v, spec):
@@ -203,7 +200,7 @@ def _table(rows: list[dict]) -> str:
         lines.append(
             f"{r['impl']:9} {r['aggregator']:17} {r['p']:>9} {r['k']:>4} {f(r['fuse_gbps'], '>7.2f')} {r['numpy_gbps']:>10.2f} "
             f"{f(r['ratio_numpy'], '>8.2f')} {r['torch_gbps']:>10.2f} {f(r['ratio_torch'], '>8.2f')} {r['peak_mb']:>8.0f} "
-            f"{r['update_mb']:>7.0f} {f(r['escalated'], '>7d')}")
+            f"{r['update_mb']:>7.0f}")
     return "\n".join(lines)
 
 

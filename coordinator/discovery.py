@@ -108,7 +108,7 @@ class Roster:
         next_note = time.monotonic() + 5.0
         while len(self.clients) < count:
             online = exchange.node_ids()
-            unknown = [n for n in online if n not in self.clients and self._may_query(n, 0)]
+            unknown = [n for n in online if n not in self.clients]  # each pass asks again: no backoff here
             if self.cfg.fraction < 1.0:  # a sampling run: meet a batch, not the whole federation
                 unknown = sorted(unknown, key=lambda n: draw_order(self.cfg.seed, 0, n))
                 unknown = unknown[: max(2 * (count - len(self.clients)), math.ceil(self.cfg.fraction * len(online)))]
@@ -129,7 +129,7 @@ class Roster:
         """Query `nodes` and admit those whose answers are valid; the others are backed off."""
         # Give new nodes time to answer (a deployed node polls and starts a ClientApp process);
         # replies are collected as they come, so only a silent node costs the whole wait.
-        wait = min(max(self.cfg.round_timeout, 1.0), 60.0)
+        wait = min(max(self.cfg.round_timeout, 60.0), 120.0)
         answered, silent = exchange.send([outbox.query(n) for n in nodes], timeout=wait)
         online = set(exchange.node_ids())
         joined: list[ClientInfo] = []

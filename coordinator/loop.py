@@ -178,6 +178,8 @@ class Coordinator:
             body, heads = results.fusers[g.gid].result()
             g.set_weights(body, heads)
             g.rounds_trained += 1
+        for fuser in results.fusers.values():
+            fuser.close()  # spill files of the round, if any
         self._compute(results, outcome)
 
     def _compute(self, results: TrainResults, outcome: RoundOutcome) -> None:

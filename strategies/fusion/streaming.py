@@ -1,16 +1,16 @@
 """Streaming fusion: fold each client's reply into per-group accumulators as it arrives.
 
-The round loop makes one `GroupFusion` per group, calls `add(update, key)` for every valid
-reply in whatever order replies arrive, then `result()` once. Nothing else is needed to get the
-same model whatever the arrival order:
+The round loop makes one `GroupFusion` per group, announces the clients it asked, in their
+canonical order (`expect`, client names), then calls `add(update, key)` for every valid reply
+as it arrives and `skip(key)` for every client that failed or was refused, and `result()` once.
 
-* mean (uniform or example weights): float32 parameters are summed exactly (see
-  `strategies.fusion.exact_sum`), so the fused value is fl(fl64(S) / W) per coordinate, S the
-  exact weighted sum and W the total weight: bitwise independent of arrival order, for any
-  finite inputs. Memory: 16 bytes per parameter (float64 sum + two float32-range trackers) plus
-  up to `BATCH` replies waiting to be folded, whatever the number of clients. Against the
-  stacked reference (`fuse_group_stacked`, which sums w_i/W * x_i in float64 through BLAS) the
-  result agrees to within one float32 ulp (it is the better-rounded of the two).
+* mean (uniform or example weights): summed in float32, one in-place pass per reply, in the
+  announced order whatever order replies arrive in (`strategies.fusion.ordered_sum`): bitwise
+  the same result for every arrival order. A reply that arrives before the ones announced ahead
+  of it waits (in RAM, or beyond a few in a spill file under `spill_dir`); replies mostly come in
+  the order they were sent, so memory stays one float32 accumulator per group and head, not one
+  model per client. Against the stacked float64 reference (`fuse_group_stacked`) the mean
+  differs by float32 rounding only: at most about K x 2^-24 relative to the mean magnitude.
 * median and trimmed mean: each reply is kept flat in float32 (in RAM, or appended to a file
   under `spill_dir`) and reduced at `result()` a parameter chunk at a time, rows sorted by `key`,
   so ties and float sums follow a canonical order: bitwise equal to the stacked reducers run on
@@ -19,8 +19,7 @@ same model whatever the arrival order:
   with the stacked reducers in `key` order; integer buffers are taken from the reply with the
   smallest key (the first reply when keys are arrival numbers, as `fuse_states` does).
 
-`key` should be stable across runs (the client's name): it fixes the order of ties for the
-robust reducers and which reply's integer buffers are kept. Omitted, it is the arrival number.
+`key` should be stable across runs (the client's name). Omitted, it is the arrival number.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from strategies.fusion.chunked import (
     trimmed_mean_chunk,
 )
 from strategies.fusion.clipping import clip_parts
-from strategies.fusion.exact_sum import ExactSum
+from strategies.fusion.ordered_sum import OrderedSum
 from strategies.fusion.reply_store import ReplyStore
 from strategies.fusion.stacked import (
     check_weighting,
@@ -50,7 +49,6 @@ from strategies.fusion.stacked import (
 from strategies.fusion.types import ClientUpdate, Reducer, State
 
 AGGREGATORS = ("mean", "median", "trimmed-mean")
-BATCH = 4  # replies folded together: the float64 sum is read and written once per batch
 WORKING_BYTES = 64 << 20  # robust reducers' working memory per chunk
 
 _SUMMED = (torch.float32, torch.float16, torch.bfloat16)  # exactly representable in float32
@@ -75,7 +73,7 @@ class StreamFusion:
         trim_fraction: float = 0.2,
         median_weighted: bool = True,
         spill_dir: str | os.PathLike | None = None,
-        certify: bool = True,
+        zero_weight_fallback: bool = False,
     ) -> None:
         if aggregator not in AGGREGATORS:
             raise ValueError(f"unknown aggregator {aggregator!r}; valid: {', '.join(AGGREGATORS)}")
@@ -85,10 +83,11 @@ class StreamFusion:
         self.trim_fraction = trim_fraction
         self.median_weighted = median_weighted
         self.spill_dir = spill_dir
-        self.certify = certify
+        self.zero_weight_fallback = zero_weight_fallback  # heads: all weights 0 -> equal weights
         self.count = 0
         self._layout: dict[str, tuple[torch.dtype, torch.Size]] | None = None
         self._keys_seen: set[Hashable] = set()
+        self._expected: list[Hashable] = []
         if reference is not None:
             self._set_layout(reference)
 
@@ -100,16 +99,18 @@ class StreamFusion:
         self._int_keys = [k for k in self._layout if k not in self._summed and k not in self._held_keys]
         sizes = [int(np.prod(self._layout[k][1], dtype=np.int64)) for k in self._summed]
         self._sizes = sizes
-        self._sum: ExactSum | None = None
-        self._fallback: ExactSum | None = None  # uniform sum of weight-0 replies (heads: all-zero weights)
-        self._pending: list[tuple[list[np.ndarray], int]] = []
-        self._pending_zero: list[tuple[list[np.ndarray], int]] = []
+        self._sum: OrderedSum | None = None
+        self._uniform: OrderedSum | None = None  # the same replies with weight 1 (heads whose weights are all 0)
         self._store: ReplyStore | None = None
         self._rows: list[tuple[Hashable, int, int]] = []  # (key, weight, row) for the robust reducers
         self._held: list[tuple[Hashable, int, State]] = []
         self._ints: tuple[Hashable, State] | None = None
         if self.aggregator == "mean":
-            self._sum = ExactSum(sizes, certify=self.certify)
+            self._sum = OrderedSum(sizes, spill_dir=self.spill_dir)
+            self._sum.expect(self._expected)
+            if self.zero_weight_fallback:
+                self._uniform = OrderedSum(sizes, spill_dir=self.spill_dir)
+                self._uniform.expect(self._expected)
         else:
             self._store = ReplyStore(sum(sizes), spill_dir=self.spill_dir)
 
@@ -126,6 +127,21 @@ class StreamFusion:
                 raise ValueError(f"{k}: dtype {v.dtype} does not fuse with {dtype}")
 
     # ------------------------------------------------------------------ folding
+    def expect(self, keys: Sequence[Hashable]) -> None:
+        """Announce the keys that may arrive, in the order the mean folds them."""
+        self._expected += [k for k in keys if k not in self._expected]
+        if self._sum is not None:
+            self._sum.expect(keys)
+        if self._uniform is not None:
+            self._uniform.expect(keys)
+
+    def skip(self, key: Hashable) -> None:
+        """An announced key that will not arrive (so the mean can fold the ones after it)."""
+        if self._sum is not None and key not in self._keys_seen:
+            self._sum.skip(key)
+            if self._uniform is not None:
+                self._uniform.skip(key)
+
     def add(self, state: State, weight: int, key: Hashable) -> None:
         """Fold one reply (`weight` a non-negative integer) under a unique `key`."""
         if key in self._keys_seen:
@@ -144,66 +160,55 @@ class StreamFusion:
             self._held.append((key, weight, {k: state[k].detach() for k in self._held_keys}))
         segments = [_flat32(state[k]) for k in self._summed]
         if self._sum is not None:
-            if weight > 0:
-                self._pending.append((segments, weight))
-                if len(self._pending) >= BATCH:
-                    self._flush()
-            else:
-                self._pending_zero.append((segments, 1))
-                if len(self._pending_zero) >= BATCH:
-                    self._flush()
+            self._sum.add(key, segments, weight)
+            if self._uniform is not None:
+                self._uniform.add(key, segments, 1)
         else:
             row = self._store.append(segments)  # type: ignore[union-attr]
             self._rows.append((key, weight, row))
 
-    def _flush(self) -> None:
-        if self._pending:
-            self._sum.add_batch(self._pending)  # type: ignore[union-attr]
-            self._pending = []
-        if self._pending_zero:
-            if self._fallback is None:
-                self._fallback = ExactSum(self._sizes, certify=self.certify)
-            self._fallback.add_batch(self._pending_zero)
-            self._pending_zero = []
-
     # ------------------------------------------------------------------ result
-    def result(self, all_zero_is_uniform: bool = False) -> State:
-        """The fused state (reference key order and dtypes). With `all_zero_is_uniform`, a stream
+    def result(self) -> State:
+        """The fused state (reference key order and dtypes). With `zero_weight_fallback`, a stream
         whose weights are all 0 is fused with equal weights (heads); otherwise that raises."""
         if self.count == 0 or self._layout is None:
             raise ValueError("no update to fuse")
         uniform = False
         if self._sum is not None:
-            self._flush()
+            self._sum.total()
             total_w = self._sum.weight
         else:
             total_w = sum(w for _, w, _ in self._rows)
         if total_w == 0:
-            if not all_zero_is_uniform:
+            if not self.zero_weight_fallback:
                 raise ValueError("fusion weights must be finite, non-negative and not all zero: all are 0")
             uniform = True
-        flat = self._mean(uniform) if self._sum is not None else self._robust(uniform)
+        if self._sum is not None:
+            segments = self._mean(uniform)
+        else:
+            flat = self._robust(uniform)
+            segments = np.split(flat, np.cumsum(self._sizes)[:-1]) if self._sizes else []
         out: State = {}
-        offsets = np.concatenate([[0], np.cumsum(self._sizes)]).astype(np.int64)
         position = {k: i for i, k in enumerate(self._summed)}
         held = self._reduce_held(uniform)
         for k, (dtype, shape) in self._layout.items():
             if k in position:
-                i = position[k]
-                seg = torch.from_numpy(flat[offsets[i]:offsets[i + 1]])
-                out[k] = seg.to(dtype).reshape(shape)
+                out[k] = torch.from_numpy(segments[position[k]]).to(dtype).reshape(shape)
             elif k in held:
                 out[k] = held[k]
             else:
                 out[k] = self._ints[1][k].clone()  # type: ignore[index]
         return out
 
-    def _mean(self, uniform: bool) -> np.ndarray:
-        acc = self._fallback if uniform else self._sum
+    def _mean(self, uniform: bool) -> list[np.ndarray]:
+        """The per-tensor means, divided in place (the accumulator is not used again)."""
+        acc = self._uniform if uniform else self._sum
         assert acc is not None
-        total = acc.total()
-        total /= np.float64(acc.weight)
-        return total
+        parts = acc.total()
+        weight = np.float32(acc.weight)
+        for part in parts:
+            np.divide(part, weight, out=part)
+        return parts
 
     def _robust(self, uniform: bool) -> np.ndarray:
         rows = sorted(self._rows, key=lambda r: r[0])
@@ -242,6 +247,9 @@ class StreamFusion:
     def close(self) -> None:
         if self._layout is not None and self._store is not None:
             self._store.close()
+        for acc in (getattr(self, "_sum", None), getattr(self, "_uniform", None)):
+            if acc is not None:
+                acc.close()
 
 
 class GroupFusion:
@@ -266,7 +274,6 @@ class GroupFusion:
         spill_dir: str | os.PathLike | None = None,
         *,
         median_weighted: bool = True,
-        certify: bool = True,
     ) -> None:
         check_weighting(weighting)
         if aggregator not in AGGREGATORS:
@@ -280,12 +287,25 @@ class GroupFusion:
         self.weighting = weighting
         self.clip_norm = float(clip_norm)
         opts: dict[str, Any] = {"aggregator": aggregator, "trim_fraction": trim_fraction,
-                                "median_weighted": median_weighted, "certify": certify}
+                                "median_weighted": median_weighted}
         self._opts = opts
         self._spill_dir = spill_dir
         self.body = StreamFusion(reference_body, spill_dir=self._sub_dir("body"), **opts)
-        self.heads: dict[str, StreamFusion] = {}
+        fallback = weighting == "examples"  # a head whose holders all report 0 examples: equal weights
+        self.heads = {t: StreamFusion(h, spill_dir=self._sub_dir(f"head-{i}"), zero_weight_fallback=fallback, **opts)
+                      for i, (t, h) in enumerate(reference_heads.items())}
+        self._trained: set[str] = set()
         self.count = 0
+
+    def expect(self, keys: Sequence[Hashable]) -> None:
+        """Announce the clients asked to train this group, in the order the mean folds them."""
+        for stream in (self.body, *self.heads.values()):
+            stream.expect(keys)
+
+    def skip(self, key: Hashable) -> None:
+        """An announced client whose reply will not be used (failed, timed out or refused)."""
+        for stream in (self.body, *self.heads.values()):
+            stream.skip(key)
 
     def _sub_dir(self, name: str) -> str | None:
         return None if self._spill_dir is None else os.path.join(os.fspath(self._spill_dir), name)
@@ -305,10 +325,12 @@ class GroupFusion:
             body, heads = clipped[0], dict(zip(tasks, clipped[1:]))
         uniform = self.weighting == "uniform"
         self.body.add(body, 1 if uniform else _count(update.total_examples), key)
-        for t in tasks:
-            if t not in self.heads:
-                self.heads[t] = StreamFusion(self.reference_heads[t], spill_dir=self._sub_dir(f"head-{len(self.heads)}"), **self._opts)
-            self.heads[t].add(heads[t], 1 if uniform else _count(update.examples.get(t, 0)), key)
+        for t, stream in self.heads.items():
+            if t in heads:
+                stream.add(heads[t], 1 if uniform else _count(update.examples.get(t, 0)), key)
+                self._trained.add(t)
+            else:
+                stream.skip(key)  # this client does not hold task t
         self.count += 1
 
     def result(self) -> tuple[State, dict[str, State]]:
@@ -318,8 +340,8 @@ class GroupFusion:
         body = self.body.result()
         heads: dict[str, State] = {}
         for task, old in self.reference_heads.items():
-            if task in self.heads:
-                heads[task] = self.heads[task].result(all_zero_is_uniform=True)
+            if task in self._trained:
+                heads[task] = self.heads[task].result()
             else:
                 heads[task] = {k: v.clone() for k, v in old.items()}
         return body, heads
