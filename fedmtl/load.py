@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,24 +144,33 @@ class LoadedRun:
             results.update(evaluate_multitask(module, data, group_tasks, batch_size=BATCH, device=str(self.models[group_tasks[0]].device)))
         return results
 
-    def evaluate_folders(self, folders: Iterable[str | Path]) -> dict[str, dict[str, float]]:
-        """Pooled per-task test metrics over client data folders (client/folder.py format), as the
-        coordinator pools its clients' replies: accuracy and loss weighted by test examples."""
+    def evaluate_folders(self, folders: Iterable[str | Path], split: str = "test",
+                         on_folder: Callable[[Path], None] | None = None) -> dict[str, dict[str, float]]:
+        """Pooled per-task metrics over client data folders (client/folder.py format), as the
+        coordinator pools its clients' replies: accuracy and loss weighted by examples.
+        `split` is "test" (what the coordinator evaluates) or "train"."""
         from client.folder import read_client_dir
 
+        if split not in ("test", "train"):
+            raise ValueError(f"split = {split!r}: expected 'test' or 'train'")
         totals: dict[str, dict[str, float]] = defaultdict(lambda: {"correct": 0.0, "loss": 0.0, "examples": 0.0})
         for folder in folders:
             manifest, data = read_client_dir(folder, suite=self.suite)
-            if manifest["suite"] != self.suite.name and manifest["suite"] != self.suite_name:
+            if manifest["suite"] not in (self.suite.name, self.suite_name):
                 raise RunFormatError(f"data folder {folder} is for suite {manifest['suite']!r} but run {self.run_dir} "
                                      f"was trained on suite {self.suite_name!r}")
+            if split == "train":
+                data = {t: TaskData(d.x_train, d.y_train, d.x_train, d.y_train) for t, d in data.items()}
             for t, m in self.evaluate(data).items():
-                totals[t]["correct"] += m["accuracy"] * m["examples"] if m["examples"] else 0.0
-                totals[t]["loss"] += m["loss"] * m["examples"] if m["examples"] else 0.0
+                if m["examples"]:
+                    totals[t]["correct"] += m["accuracy"] * m["examples"]
+                    totals[t]["loss"] += m["loss"] * m["examples"]
                 totals[t]["examples"] += m["examples"]
-        return {t: {"accuracy": v["correct"] / v["examples"] if v["examples"] else math.nan,
-                    "loss": v["loss"] / v["examples"] if v["examples"] else math.nan,
-                    "examples": v["examples"]} for t, v in totals.items()}
+            if on_folder is not None:
+                on_folder(Path(folder))
+        return {t: {"accuracy": totals[t]["correct"] / totals[t]["examples"] if totals[t]["examples"] else math.nan,
+                    "loss": totals[t]["loss"] / totals[t]["examples"] if totals[t]["examples"] else math.nan,
+                    "examples": totals[t]["examples"]} for t in self.tasks if t in totals}
 
     def __repr__(self) -> str:
         return (f"LoadedRun({str(self.run_dir)!r}, which={self.which!r}, round={self.round}, "

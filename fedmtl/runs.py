@@ -264,3 +264,42 @@ def _snapshot(name: str, data: Any, models: Path, where: Path) -> Snapshot:
     acc = data.get("mean_accuracy")
     acc = float(acc) if isinstance(acc, (int, float)) and math.isfinite(acc) else None
     return Snapshot(name, data["round"], acc, groups)
+
+
+# ----------------------------------------------------------------------------- affinity
+
+
+def finite(v: Any) -> float | None:
+    """v as a float if it is a finite number, else None (NaN is written as null)."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _matrix(rows: Any) -> list[list[float | None]] | None:
+    if not isinstance(rows, list):
+        return None
+    return [[finite(v) for v in row] if isinstance(row, list) else [] for row in rows]
+
+
+def normalise_affinity(affinity: Any, preferred: str = "lookahead") -> dict[str, Any] | None:
+    """{signal, tasks, matrix, coverage: [[i, j, kind, count], ...] | None, coverage_scope} or None."""
+    if not isinstance(affinity, dict) or not affinity:
+        return None
+    if "matrix" in affinity:  # format 2
+        cov = (affinity.get("coverage") or {}).get("pairs")
+        pairs = [[int(p[0]), int(p[1]), str(p[2]), int(p[3]) if len(p) > 3 and isinstance(p[3], (int, float)) else 0]
+                 for p in cov if isinstance(p, (list, tuple)) and len(p) >= 3] if isinstance(cov, list) else None
+        return {"signal": str(affinity.get("signal") or preferred), "tasks": list(affinity.get("tasks") or []),
+                "matrix": _matrix(affinity["matrix"]), "coverage": pairs, "coverage_scope": "tracked"}
+    tracked = affinity.get("tracked") or {}
+    if not isinstance(tracked, dict) or not tracked:
+        return None
+    signal = preferred if preferred in tracked else sorted(tracked)[0]
+    data = tracked[signal] or {}
+    raw = ((affinity.get("round") or {}).get(signal) or {})
+    counts = raw.get("counts")
+    pairs = None
+    if isinstance(counts, list):
+        pairs = [[i, j, "measured" if (c or 0) > 0 else "never", int(c or 0)]
+                 for i, row in enumerate(counts) for j, c in enumerate(row) if i != j]
+    return {"signal": signal, "tasks": list(data.get("tasks") or []), "matrix": _matrix(data.get("matrix")),
+            "coverage": pairs, "coverage_scope": "round"}
