@@ -34,6 +34,7 @@ from coordinator.config import ConfigError, RunConfig
 from coordinator.groups import initial_model, merge_groups, split_groups
 from coordinator.history import History, mean_accuracy, write_json_atomic
 from coordinator.state import ClientInfo, RoundOutcome, TaskGroup
+from coordinator.tracking import Trackers, open_trackers
 from strategies.affinity import AffinityStats, AffinityTracker
 from strategies.fusion import ClientUpdate, fuse_group
 from strategies.grouping import best_grouping, should_regroup
@@ -71,6 +72,7 @@ class Coordinator:
         self.history = History(config=cfg.to_dict(), tasks=self.tasks)
         self.round = 0
         self.unresponsive: dict[int, int] = {}  # node id -> round its query failed
+        self.tracking = Trackers({})  # TensorBoard / MLflow, opened by run() (run-config key `tracking`)
 
     # ------------------------------------------------------------------ set-up
     def _new_tracker(self) -> AffinityTracker:
@@ -141,6 +143,7 @@ class Coordinator:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> History:
+        self.tracking = open_trackers(self.cfg.tracking, self.out, self.cfg.to_dict(), self.tasks, log=self.log)
         start_round = self._resume() if self.cfg.resume else 0
         self.discover(self.cfg.min_clients, self.cfg.min_clients_timeout)
         if start_round == 0:
@@ -155,6 +158,7 @@ class Coordinator:
             self._finish_round(outcome)
         for r in range(start_round + 1, self.cfg.rounds + 1):
             self.run_round(r)
+        self.tracking.close()
         self.log(f"done: {self.cfg.rounds} rounds, results in {self.out}")
         return self.history
 
@@ -423,7 +427,7 @@ class Coordinator:
 
     # ------------------------------------------------------------------ bookkeeping
     def _finish_round(self, outcome: RoundOutcome) -> None:
-        self.history.add(outcome)
+        self.tracking.log_round(self.history.add(outcome))
         self.history.save(self.out)
         self._save_models(outcome.round)
         self._checkpoint(outcome.round)

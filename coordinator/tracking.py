@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-BACKENDS = ("tensorboard", "mlflow")
+from coordinator.config import TRACKING_BACKENDS as BACKENDS
+
 EXTRA = "fedmtl[tracking]"
 _NEEDS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny")}
 MLFLOW_EXPERIMENT = "fedmtl"
