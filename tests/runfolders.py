@@ -57,3 +57,30 @@ def write_format2(history: dict, out: Path, upto: int | None = None, final: bool
 def append_round(out: Path, entry: dict) -> None:
     with (out / "history.jsonl").open("a") as f:
         f.write(json.dumps(format2_entry(entry)) + "\n")
+
+
+def synthetic_history(rounds: int = 5, planned: int | None = None) -> dict:
+    """A format-1 style history with every field the dashboard draws: 4 tasks, a split after
+    round 2, affinity with counts, a dropped and a rejected client. Numbers are deterministic."""
+    import numpy as np
+
+    tasks = ["alpha", "beta", "gamma", "delta"]
+    rng = np.random.default_rng(7)
+    out = []
+    for r in range(rounds + 1):
+        groups = [tasks] if r <= 2 else [["alpha", "beta"], ["gamma", "delta"]]
+        metrics = {t: {"accuracy": float(min(0.98, 0.2 + 0.12 * r + 0.03 * i)), "loss": float(2.0 / (r + 1)), "examples": 50.0}
+                   for i, t in enumerate(tasks)}
+        matrix = (rng.standard_normal((4, 4)) * 0.01).round(5).tolist()
+        counts = [[0 if (i, j) in ((0, 3), (3, 0)) else 2 for j in range(4)] for i in range(4)]
+        entry = {"round": r, "groups": groups, "metrics": metrics, "clients": [] if r == 0 else ["c0", "c1", "c2"],
+                 "assignments": {}, "compute": {} if r == 0 else {"train_seconds": 1.5 * r, "affinity_seconds": 0.25},
+                 "affinity": {} if r == 0 else {"round": {"lookahead": {"tasks": tasks, "sums": matrix, "counts": counts}},
+                                                 "tracked": {"lookahead": {"tasks": tasks, "matrix": matrix}}},
+                 "dropped": [{"node": 3, "client": "c3", "group": 0, "reason": "no reply within 5s"}] if r == 1 else [],
+                 "rejected": [{"node": 2, "client": "c2", "group": 1, "reasons": ["body.w: 9 non-finite value(s)"]}] if r == 4 else [],
+                 "errors": [], "events": ["split into [['alpha', 'beta'], ['gamma', 'delta']] (score 0.1)"] if r == 2 else [],
+                 "seconds": 2.0 + r}
+        out.append(entry)
+    config = {"suite": "tiny", "mode": "mas", "rounds": planned or rounds, "affinity-signal": "lookahead"}
+    return {"config": config, "tasks": tasks, "rounds": out}

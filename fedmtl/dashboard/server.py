@@ -167,7 +167,7 @@ class DashboardServer:
             raise DashboardError(f"the dashboard cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none"))
         self.thread: threading.Thread | None = None
 
     @property
