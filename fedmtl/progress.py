@@ -169,6 +169,7 @@ class RunReporter:
                      f" | groups {event.get('groups', '?')} | clients {event.get('clients', '?')}" + \
                      (f" | {faults} faults" if faults else "")
             self._progress.update(self._task, total=self.rounds, completed=done, rate=rate, status=status)
+            self._progress.console.print(_round_text(event), markup=False, highlight=False)
 
     def _plain(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
