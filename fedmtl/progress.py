@@ -75,7 +75,7 @@ class RunReporter:
         self._progress = None
         self._task = None
         self._console = console
-        self._start = time.monotonic()
+        self._first: tuple[float, int] | None = None  # (time, round) of the first round line
 
     # -------------------------------------------------------------- lifecycle
     def __enter__(self) -> "RunReporter":
@@ -160,9 +160,10 @@ class RunReporter:
             json_line("round", self.stream, **fields)
         elif self.mode == "rich":
             done = event["round"]
-            elapsed = time.monotonic() - self._start
-            trained = max(1, len([r for r in self.seen_rounds if r > 0]))
-            rate = f"{elapsed / trained:.1f}s/round" if done > 0 else ""
+            if self._first is None:  # rate from the first round seen on: start-up time is not a round
+                self._first = (time.monotonic(), done)
+            t0, r0 = self._first
+            rate = f"{(time.monotonic() - t0) / (done - r0):.1f}s/round" if done > r0 else ""
             acc = event.get("mean_accuracy")
             faults = event.get("dropped", 0) + event.get("rejected", 0) + event.get("errors", 0)
             status = (f"mean acc {acc:.3f}" if isinstance(acc, (int, float)) else "mean acc -") + \
