@@ -98,7 +98,9 @@ def round_scalars(entry: dict[str, Any]) -> dict[str, float]:
 
 def affinity_of(entry: dict[str, Any]) -> dict[str, Any] | None:
     """{signal, tasks, matrix, coverage?} of a round, in either history format, or None."""
-    from fedmtl.runs import normalise_affinity  # one interpretation of both history formats
+    from fedmtl.runs import (
+        normalise_affinity,  # one interpretation of both history formats
+    )
 
     return normalise_affinity(entry.get("affinity"))
 

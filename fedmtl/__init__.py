@@ -35,7 +35,7 @@ _LAZY = {
     "RunFormatError": "fedmtl.runs",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["LoadedRun", "RunFormatError", "RunHistory", "TaskModel", "__version__", "load_run", "read_history", "read_model_index"]
 
 
 def __getattr__(name: str) -> Any:

@@ -139,7 +139,7 @@ class LoadedRun:
         by_group: dict[str, list[str]] = defaultdict(list)
         for t in wanted:
             by_group[self.models[t].group].append(t)
-        for gid, group_tasks in by_group.items():
+        for group_tasks in by_group.values():
             module = self.models[group_tasks[0]].module
             results.update(evaluate_multitask(module, data, group_tasks, batch_size=BATCH, device=str(self.models[group_tasks[0]].device)))
         return results

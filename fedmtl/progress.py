@@ -17,8 +17,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, TextIO
+from typing import Any, TextIO
 
 from common.progress import parse_line, parse_marker
 
@@ -78,11 +79,18 @@ class RunReporter:
         self._first: tuple[float, int] | None = None  # (time, round) of the first round line
 
     # -------------------------------------------------------------- lifecycle
-    def __enter__(self) -> "RunReporter":
+    def __enter__(self) -> RunReporter:
         if self.mode == "rich":
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             console = self._console or Console(file=self.stream)
             self._progress = Progress(
@@ -95,7 +103,7 @@ class RunReporter:
             self._task = self._progress.add_task(self.title, total=self.rounds, rate="", status="waiting for clients")
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
@@ -130,7 +138,7 @@ class RunReporter:
                 return
             if event is not None and event["event"] == "waiting":
                 self._progress.update(self._task, status=f"waiting for clients: {event['joined']} of {event['needed']}")
-            style = "dim" if line.startswith("[launcher]") or line.startswith("  ") else ""
+            style = "dim" if line.startswith(("[launcher]", "  ")) else ""
             self._progress.console.print(line, style=style or None, markup=False, highlight=False)
 
     def say(self, text: str, **fields: Any) -> None:
@@ -194,8 +202,14 @@ def task_progress(mode: str, description: str, total: int, stream: TextIO | None
     stream = stream or sys.stdout
     if mode == "rich":
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[label]}"), TimeElapsedColumn(), TextColumn("left"),

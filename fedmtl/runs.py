@@ -293,7 +293,7 @@ def normalise_affinity(affinity: Any, preferred: str = "lookahead") -> dict[str,
     tracked = affinity.get("tracked") or {}
     if not isinstance(tracked, dict) or not tracked:
         return None
-    signal = preferred if preferred in tracked else sorted(tracked)[0]
+    signal = preferred if preferred in tracked else min(tracked)
     data = tracked[signal] or {}
     raw = ((affinity.get("round") or {}).get(signal) or {})
     counts = raw.get("counts")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 CHROMIUM = os.environ.get("FEDMTL_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("FEDMTL_CHROMEDRIVER", "/usr/bin/chromedriver")

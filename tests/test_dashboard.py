@@ -14,7 +14,12 @@ from fedmtl.dashboard.server import DashboardError, DashboardServer
 from fedmtl.dashboard.state import RunWatcher
 from fedmtl.runs import read_history
 from tests import browser
-from tests.runfolders import append_round, format2_entry, synthetic_history, write_format2
+from tests.runfolders import (
+    append_round,
+    format2_entry,
+    synthetic_history,
+    write_format2,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("FEDMTL_TEST_ARTIFACTS", ROOT / "runs" / "test-artifacts"))

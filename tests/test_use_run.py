@@ -33,7 +33,7 @@ def run(tmp_path_factory):
 
 def _fedmtl(*args, cwd=ROOT):
     proc = subprocess.run([sys.executable, "-m", "fedmtl.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=180, check=False)
     return proc
 
 
@@ -117,7 +117,7 @@ def test_evaluate_command_json(run):
 
 
 def test_clear_errors_for_other_suites_and_formats(run, tmp_path):
-    out, _, folders = run
+    out, _, _ = run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoints", "mlartifacts", "tensorboard", "mlflow.db"))
     # a data folder of another suite
@@ -203,3 +203,46 @@ def test_missing_tracking_library_names_the_extra(monkeypatch):
         tracking.open_trackers("mlflow", Path("/nonexistent"), {}, [])
     with pytest.raises(tracking.TrackingError, match="unknown backend"):
         tracking.parse_spec("tensorboard,wandb")
+
+
+def test_format2_index_with_best_models(run, tmp_path):
+    """The coordinator's new index: latest and best snapshots, best files under models/best/."""
+    out, history, folders = run
+    copy = tmp_path / "f2"
+    shutil.copytree(out / "models", copy / "models")
+    old = json.loads((copy / "models" / "index.json").read_text())
+    (copy / "models" / "best").mkdir()
+    shutil.copy(copy / "models" / "group_0.safetensors", copy / "models" / "best" / "group_0.safetensors")
+    (copy / "models" / "group_0.safetensors").unlink()
+    shutil.copy(out / "models" / "group_0.safetensors", copy / "models" / "group_7.safetensors")
+    groups = {gid: {"tasks": tasks} for gid, tasks in old["groups"].items()}
+    snapshot = {"round": old["round"], "mean_accuracy": 0.5}
+    (copy / "models" / "index.json").write_text(json.dumps({
+        "format": 2, "fedmtl": "0.1.0", "suite": "tiny", "config": history["config"],
+        "latest": snapshot | {"groups": {"7": {"tasks": old["groups"]["0"], "file": "group_7.safetensors"}}},
+        "best": snapshot | {"groups": {g: v | {"file": f"group_{g}.safetensors"} for g, v in groups.items()}}}))
+    best = fedmtl.load_run(copy)  # best by default, no warning
+    assert best.which == "best" and best.mean_accuracy == 0.5 and set(best.groups) == {"0"}
+    latest = fedmtl.load_run(copy, "latest")
+    assert latest.which == "latest" and set(latest.groups) == {"7"} and latest["mnist_class"].group == "7"
+    expected = _metrics_of(history, old["round"])
+    for loaded in (best, latest):
+        got = loaded.evaluate_folders(folders)
+        assert {t: m["accuracy"] for t, m in got.items()} == pytest.approx({t: m["accuracy"] for t, m in expected.items()})
+
+
+def test_replay_a_finished_run_into_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from coordinator.tracking import replay
+    from tests.runfolders import synthetic_history, write_format2
+
+    history = synthetic_history(3)
+    write_format2(history, tmp_path, final=True)
+    replay(tmp_path, "tensorboard")
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("accuracy/gamma")] == pytest.approx(
+        [r["metrics"]["gamma"]["accuracy"] for r in history["rounds"]])
+    assert [e.step for e in acc.Scalars("clients/dropped")] == [0, 1, 2, 3]
+    assert "affinity/text_summary" in acc.Tags()["tensors"]

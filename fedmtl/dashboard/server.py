@@ -70,7 +70,12 @@ def plotly_js() -> Path:
 def create_app(run_dir: str | Path, token: str | None = None, host: str = "127.0.0.1", poll_ms: int = 2000) -> Any:
     """The FastAPI app serving one run folder."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+    from fastapi.responses import (
+        FileResponse,
+        JSONResponse,
+        PlainTextResponse,
+        Response,
+    )
 
     watcher = RunWatcher(run_dir)
     js = plotly_js()
@@ -81,9 +86,8 @@ def create_app(run_dir: str | Path, token: str | None = None, host: str = "127.0
     async def guard(request: Request, call_next: Any) -> Response:
         if request.method not in ("GET", "HEAD"):
             return PlainTextResponse("read-only dashboard", status_code=405)
-        if allowed_hosts is not None:
-            if host_name(request.headers.get("host") or "") not in allowed_hosts:
-                return PlainTextResponse("unknown host", status_code=400)
+        if allowed_hosts is not None and host_name(request.headers.get("host") or "") not in allowed_hosts:
+            return PlainTextResponse("unknown host", status_code=400)
         set_cookie = False
         if token:
             given = request.query_params.get("token") or request.cookies.get(COOKIE) or ""
@@ -175,7 +179,7 @@ class DashboardServer:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else (f"[{self.host.strip('[]')}]" if ":" in self.host else self.host)
         return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
-    def start(self) -> "DashboardServer":
+    def start(self) -> DashboardServer:
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name="fedmtl-dashboard", daemon=True)
         self.thread.start()

@@ -9,13 +9,13 @@ both history formats (format 2: `affinity.matrix` + `coverage.pairs`; format 1:
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
-from fedmtl.runs import RunFormatError, RunHistory, finite as _num, normalise_affinity, read_history
+from fedmtl.runs import RunFormatError, RunHistory, normalise_affinity, read_history
+from fedmtl.runs import finite as _num
 
 
 def _people(items: Any) -> list[dict[str, Any]]:
