@@ -171,7 +171,8 @@ class DashboardServer:
             raise DashboardError(f"the dashboard cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none"))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none",
+                                                        timeout_graceful_shutdown=2))
         self.thread: threading.Thread | None = None
 
     @property
