@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +89,11 @@ def _split_arrays(data: TaskData, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare_client_dirs(
-    suite: Suite, num_clients: int, out_dir: str | Path, seed: int = 0, data_root: str = ""
+    suite: Suite, num_clients: int, out_dir: str | Path, seed: int = 0, data_root: str = "",
+    on_written: Callable[[Path], None] | None = None,
 ) -> list[Path]:
-    """Write `out_dir/client_0 .. client_{N-1}` from the suite's partition into `num_clients` clients."""
+    """Write `out_dir/client_0 .. client_{N-1}` from the suite's partition into `num_clients` clients
+    (`on_written(path)` after each, for progress)."""
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     out_dir = Path(out_dir)
@@ -100,6 +102,8 @@ def prepare_client_dirs(
         name = f"client_{k}"
         tasks = suite.load_partition(k, num_clients, seed, data_root)
         paths.append(write_client_dir(out_dir / name, tasks, suite.name, name, suite.tasks))
+        if on_written is not None:
+            on_written(paths[-1])
     return paths
 
 

@@ -19,6 +19,7 @@ MODES = ("all-in-one", "separate", "mas", "dynamic")
 FUSIONS = ("uniform", "examples")
 AGGREGATORS = ("mean", "median", "trimmed-mean")
 AFFINITY_AVERAGES = ("mean", "window", "ema")
+TRACKING_BACKENDS = ("tensorboard", "mlflow")  # coordinator/tracking.py implements them
 
 
 class ConfigError(ValueError):
@@ -84,6 +85,7 @@ class RunConfig:
     checkpoint_keep: int = 2
     resume: bool = False
     plots: bool = True
+    tracking: str = ""  # "" or a comma list of tensorboard, mlflow (coordinator/tracking.py)
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -148,6 +150,7 @@ class RunConfig:
         need(self.evaluate_every >= 1, "evaluate-every", "must be >= 1")
         need(0.0 < self.fraction_evaluate <= 1.0, "fraction-evaluate", "must be in (0, 1]")
         need(self.checkpoint_keep >= 1, "checkpoint-keep", "must be >= 1")
+        need(_tracking_ok(self.tracking), "tracking", f"must be '' or a comma list of {TRACKING_BACKENDS}")
         if self.mode in ("mas", "dynamic"):
             need(self.split_round < self.rounds, "split-round", f"must be < rounds ({self.rounds}) in mode {self.mode!r}")
             need(self.affinity_every >= 1, "affinity-every", f"must be >= 1 in mode {self.mode!r}: it needs affinity")
@@ -158,6 +161,11 @@ class RunConfig:
             raise ConfigError(
                 f"{where}: max-groups = {self.max_groups} but suite {self.suite!r} has only {len(task_names)} tasks"
             )
+
+
+def _tracking_ok(spec: str) -> bool:
+    names = [n.strip().lower() for n in spec.split(",") if n.strip()]
+    return names == ["none"] or all(n in TRACKING_BACKENDS for n in names)
 
 
 def _coerce(key: str, value: Any, annotation: Any, where: str) -> Any:

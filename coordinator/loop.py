@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.progress import marker_line, round_event
 from coordinator import evaluate as evaluation
 from coordinator import regroup
 from coordinator.affinity import AffinityBook
@@ -39,6 +40,7 @@ from coordinator.messaging import Exchange, Outbox
 from coordinator.record import ModelStore, progress_line
 from coordinator.schedule import assign, with_coverage
 from coordinator.state import RoundOutcome, TaskGroup
+from coordinator.tracking import Trackers, open_trackers
 from coordinator.train import TrainResults, train
 from strategies.merge_split import MergeSplitPlan
 from strategies.scheduler import SchedulerState
@@ -81,6 +83,7 @@ class Coordinator:
                                        max_relative_norm=cfg.max_update_ratio or None)
         self.history = History(config=cfg.to_dict(), tasks=self.tasks, suite=cfg.suite)
         self.models = ModelStore(self.out, cfg.suite, cfg.to_dict())
+        self.tracking = Trackers({})  # TensorBoard / MLflow, opened by run() (run-config key `tracking`)
         self.round = 0
         if cfg.evaluate_data:
             try:  # read and check the operator's folder now, not in the middle of round 1
@@ -103,6 +106,7 @@ class Coordinator:
     # ------------------------------------------------------------------ the run
     def run(self) -> History:
         start_round = self._resume() if self.cfg.resume else 0
+        self.tracking = open_trackers(self.cfg.tracking, self.out, self.cfg.to_dict(), self.tasks, log=self.log)
         self.roster.wait_for(self.exchange, Outbox(self.cfg, start_round), self.cfg.min_clients, self.cfg.min_clients_timeout)
         if start_round == 0:
             torch.manual_seed(self.cfg.seed)
@@ -120,6 +124,7 @@ class Coordinator:
         for r in range(start_round + 1, self.cfg.rounds + 1):
             self.run_round(r)
         self.history.finish(self.out)
+        self.tracking.close()
         self.log(f"done: {self.cfg.rounds} rounds, results in {self.out}")
         return self.history
 
@@ -224,10 +229,12 @@ class Coordinator:
     def _record(self, outcome: RoundOutcome) -> None:
         self.roster.report_into(outcome)
         with _phase(outcome, "record"):
-            self.history.add(outcome, self.out)
+            entry = self.history.add(outcome, self.out)
             self.models.save(self.groups, outcome.round, outcome.metrics, outcome.evaluated)
             self._checkpoint(outcome.round)
+            self.tracking.log_round(entry)
         self.log(progress_line(outcome, self.cfg.rounds))
+        self.log(marker_line("round", **round_event(entry, self.cfg.rounds)))  # for tools (fedmtl.progress)
 
     def _checkpoint(self, r: int) -> None:
         s = self.state

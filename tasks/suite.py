@@ -9,7 +9,7 @@ everything here is plain torch/numpy and imports no Flower.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +68,12 @@ class Suite:
     `feature_dim`; `make_head(task)` maps those features to the task's logits (a linear
     layer unless the suite says otherwise). `load_partition` returns the tasks one client
     holds, each with its own train/test split; it must be deterministic in its arguments.
+
+    Two optional hooks let people feed a trained model new inputs (`fedmtl.load_run`,
+    `fedmtl predict`; see fedmtl/inputs.py): `prepare_inputs(x)` turns an array a user has
+    (one example or a batch, raw pixels, ...) into the batch the body expects (default: a
+    1-D array becomes a batch of one), and `encode_text(lines)` turns text lines into model
+    inputs (token ids) for suites whose inputs are text; without it a suite takes no text.
     """
 
     name: str
@@ -80,6 +86,8 @@ class Suite:
     # Ground truth for suites with planted task groups (used to score recovered groupings).
     planted_groups: list[list[str]] | None = None
     defaults: dict[str, object] = field(default_factory=dict)
+    prepare_inputs: Callable[[np.ndarray], np.ndarray] | None = None
+    encode_text: Callable[[Sequence[str]], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tasks]
@@ -103,6 +111,20 @@ class Suite:
         if self.make_head is not None:
             return self.make_head(spec, self.feature_dim)
         return nn.Linear(self.feature_dim, spec.num_classes)
+
+    def model_inputs(self, x: np.ndarray) -> np.ndarray:
+        """A user's array as a batch for the body (the `prepare_inputs` hook, or 1-D -> batch of one)."""
+        x = np.asarray(x)
+        if self.prepare_inputs is not None:
+            return np.asarray(self.prepare_inputs(x))
+        return x[None] if x.ndim == 1 else x
+
+    def text_inputs(self, lines: Sequence[str]) -> np.ndarray:
+        """Text lines as model inputs, through the suite's `encode_text` hook."""
+        if self.encode_text is None:
+            raise ValueError(f"suite {self.name!r} takes no text inputs (it defines no encode_text); "
+                             "give it arrays (.npy / .npz) instead")
+        return np.asarray(self.encode_text(list(lines)))
 
     def build_model(self, task_names: list[str] | None = None, seed: int = 0) -> MultiTaskModel:
         """A fresh model with the body and the heads of `task_names` (all tasks by default)."""

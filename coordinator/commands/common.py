@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.config import MODES, RunConfig
+from coordinator.tracking import check_available
 from tasks.registry import load_suite
 
 # CLI flag -> run config key, for the options people change most; everything else via --set.
@@ -76,4 +77,5 @@ def run_config_from_args(args: argparse.Namespace, defaults: dict[str, Any]) -> 
     cfg = RunConfig.from_dict(values, where=where)
     # Load the suite here, in the launching process, so a bad suite fails before anything starts.
     cfg.validate_against_suite(load_suite(cfg.suite).task_names, where=where)
+    check_available(cfg.tracking)  # a missing TensorBoard / MLflow fails now, naming the extra
     return cfg.to_dict()
