@@ -119,6 +119,8 @@ class Coordinator:
             t0 = time.perf_counter()
             with _phase(outcome, "evaluate"):
                 self._evaluate(0, Outbox(self.cfg, 0), outcome)
+            with _phase(outcome, "record"):
+                self.models.save(self.groups, 0, outcome.metrics, outcome.evaluated)
             outcome.seconds = time.perf_counter() - t0
             self._record(outcome)
         for r in range(start_round + 1, self.cfg.rounds + 1):
@@ -152,6 +154,8 @@ class Coordinator:
         with _phase(outcome, "evaluate"):
             if evaluation.due(self.cfg, r):
                 self._evaluate(r, outbox, outcome)  # the groups as trained this round, before regrouping
+        with _phase(outcome, "record"):  # the models as evaluated: what the round's metrics describe
+            self.models.save(self.groups, r, outcome.metrics, outcome.evaluated)
         with _phase(outcome, "regroup"):
             action = self.plan.action_after(r)
             if action == "split":
@@ -230,7 +234,6 @@ class Coordinator:
         self.roster.report_into(outcome)
         with _phase(outcome, "record"):
             entry = self.history.add(outcome, self.out)
-            self.models.save(self.groups, outcome.round, outcome.metrics, outcome.evaluated)
             self._checkpoint(outcome.round)
             self.tracking.log_round(entry)
         self.log(progress_line(outcome, self.cfg.rounds))
