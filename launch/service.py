@@ -38,7 +38,7 @@ from typing import Any
 from common.atomic import write_json_atomic
 from launch import simulation as launcher
 from launch.flwr_cli import FlwrCli, FlwrCliError, SuperLinkConnection
-from launch.gateway import GatewayConfig, gateway_command, parse_hostport
+from launch.gateway import GatewayConfig, GatewayLimits, gateway_command, parse_hostport
 from launch.processes import ENV_TAG, log_tail, process_start_time
 from launch.security import (
     CA_CERT_NAME,
@@ -261,6 +261,7 @@ class CoordinatorSettings:
     insecure: bool = False
     authorized_keys: Path | None = None  # default run_dir/authorized_keys
     superlink_port: int | None = None  # internal, loopback only; None = free port
+    gateway_limits: GatewayLimits | None = None  # None = the gateway's defaults (launch/gateway_limits.py)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
@@ -330,13 +331,19 @@ class CoordinatorService:
     def start(self) -> CoordinatorService:
         s = self.settings
         s.run_dir.mkdir(parents=True, exist_ok=True)
+        if not s.insecure:
+            assert s.authorized_keys is not None
+            s.authorized_keys.mkdir(parents=True, exist_ok=True)
         self.link.start()
         tls = None if s.insecure else s.tls_files()
         self.gateway = GatewayProcess(
             GatewayConfig(listen=s.public, upstream=self.link.address, insecure=s.insecure,
                           ssl_certfile=str(tls.certfile) if tls else None,
                           ssl_keyfile=str(tls.keyfile) if tls else None,
-                          upstream_ca_certfile=str(tls.ca_certfile) if tls else None),
+                          upstream_ca_certfile=str(tls.ca_certfile) if tls else None,
+                          # refuse, before reading any body, requests not signed by an accepted key
+                          authorized_keys=None if s.insecure else str(s.authorized_keys),
+                          limits=s.gateway_limits or GatewayLimits()),
             s.run_dir / "gateway.log", self.link.tag)
         self.gateway.start()
         self.cli = FlwrCli(self.link.flwr_home, self.link.connection(CONNECTION_NAME), env={ENV_TAG: self.link.tag})
