@@ -71,6 +71,9 @@ class RunConfig:
     quorum: float = 0.5  # share of a group's sampled clients whose valid replies complete its round
     max_retries: int = 1
     max_update_norm: float = 0.0  # 0 = no bound
+    # identity: path of the client registry (node id -> registered name; coordinator/client_registry.py),
+    # "" = none (simulation, --insecure): clients are known by the names they report
+    client_registry: str = ""
     # outputs
     out: str = "runs/latest"
     checkpoint_keep: int = 2

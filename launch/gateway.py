@@ -367,6 +367,7 @@ class FleetGateway:
             elif msg["type"] == "lifespan.shutdown":
                 if self._client is not None:
                     await self._client.aclose()
+                self.refusals.flush()
                 sizes = ", ".join(f"{p.rsplit('/', 1)[1]} {n:,}" for p, n in sorted(self.largest.items()))
                 LOG.info("Fleet gateway stopping: %d requests forwarded, %d refused; largest bodies (bytes): %s",
                          self.forwarded, self.refused, sizes or "none")

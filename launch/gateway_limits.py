@@ -184,3 +184,11 @@ class RefusalLog:
             self.log.warning("Refused %s from %s: %s", what, peer, reason)
         else:
             state[2] += 1
+
+    def flush(self) -> None:
+        """Log the summary lines still owed (at shutdown)."""
+        for peer, state in self._peers.items():
+            if state[2]:
+                self.log.warning("Refused %d more request(s) from %s in the last %.0fs (not logged one by one)",
+                                 int(state[2]), peer, time.monotonic() - state[0])
+                state[2] = 0

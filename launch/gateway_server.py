@@ -12,7 +12,8 @@ connection:
   request had arrived or none ever came, the refusal is logged: a slowloris);
 
 and `serve_gateway` passes `ssl_handshake_timeout` to the event loop so a stalled TLS
-handshake is dropped after `handshake_timeout_s` (asyncio's default is 60 s). uvicorn buffers at
+handshake is dropped after `handshake_timeout_s` (asyncio's default is 60 s), and shrinks
+asyncio's per-connection TLS read buffer from 256 KiB to `TLS_READ_BUFFER`. uvicorn buffers at
 most 64 KiB of an unread body per connection before it stops reading the socket, so a body the
 gateway refuses (or has not authenticated yet) costs it no more than that.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio import sslproto
 from typing import Any
 
 import h11
@@ -105,8 +107,15 @@ def protocol_for(gateway: Any) -> type[LimitedH11Protocol]:
     return type("GatewayH11Protocol", (LimitedH11Protocol,), {"gateway": gateway})
 
 
+#: asyncio allocates this much per TLS connection for reads (its default is 256 KiB, which made
+#: each open connection, e.g. a slowloris, cost ~0.3 MiB); TLS records are at most 16 KiB.
+TLS_READ_BUFFER = 32 * 1024
+
+
 async def serve_gateway(server: Any, handshake_timeout_s: float) -> None:
-    """Run a `uvicorn.Server`, with TLS handshakes bounded by `handshake_timeout_s`."""
+    """Run a `uvicorn.Server`, with TLS handshakes bounded by `handshake_timeout_s` and small
+    per-connection TLS read buffers (this process serves only the gateway)."""
+    sslproto.SSLProtocol.max_size = TLS_READ_BUFFER  # type: ignore[attr-defined]
     loop = asyncio.get_running_loop()
     create_server = loop.create_server
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import write_json_atomic
+from coordinator.client_registry import REGISTRY_FILE, registry_from_registered, write_registry
 from launch import simulation as launcher
 from launch.flwr_cli import FlwrCli, FlwrCliError, SuperLinkConnection
 from launch.gateway import GatewayConfig, GatewayLimits, gateway_command, parse_hostport
@@ -56,6 +57,7 @@ from launch.supernode import LogFollower, SuperNodeConfig, SuperNodeProcess, cla
 
 __all__ = [
     "AUTHORIZED_KEYS_DIR",
+    "CLIENT_REGISTRY",
     "COORDINATOR_INFO",
     "CoordinatorService",
     "DeploymentError",
@@ -67,6 +69,7 @@ __all__ = [
     "SuperNodeConfig",
     "SuperNodeProcess",
     "classify_supernode_output",
+    "client_registry_path",
     "coordinator_connection",
     "insecure_banner",
     "register_keys",
@@ -75,6 +78,7 @@ __all__ = [
 #: Files and folders of a coordinator's run directory.
 AUTHORIZED_KEYS_DIR = "authorized_keys"  # *.pub registered at every start
 REGISTERED_KEYS = "registered_keys.json"  # name -> {fingerprint, node_id, file[, revoked]}
+CLIENT_REGISTRY = REGISTRY_FILE  # node id -> name, for the ServerApp (coordinator/client_registry.py)
 COORDINATOR_INFO = "coordinator.json"  # addresses and pid of the running (or last) coordinator
 RUN_CONFIG_FILE = "run_config.toml"  # the run config of the last start (defaults for --resume)
 CONNECTION_NAME = "local"  # the flwr CLI connection to the loopback SuperLink
@@ -186,7 +190,15 @@ def read_registered(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_registered(run_dir: Path, data: Mapping[str, Any]) -> None:
+    """Record the registered keys, and the client registry the ServerApp reads (node id -> name),
+    so a registration or revocation while the coordinator runs is seen by its next discovery."""
     write_json_atomic(Path(run_dir) / REGISTERED_KEYS, dict(data), sort_keys=True)
+    write_registry(Path(run_dir) / CLIENT_REGISTRY, registry_from_registered(data))
+
+
+def client_registry_path(run_dir: Path) -> Path:
+    """Where the coordinator of `run_dir` keeps its client registry (run-config `client-registry`)."""
+    return Path(run_dir).resolve() / CLIENT_REGISTRY
 
 
 def register_keys(cli: FlwrCli, run_dir: Path, public_keys: Sequence[Path]) -> list[tuple[str, str, int | None]]:
@@ -205,6 +217,13 @@ def register_keys(cli: FlwrCli, run_dir: Path, public_keys: Sequence[Path]) -> l
         except SecurityError as exc:
             raise DeploymentError(f"client key {pub}: {exc}") from exc
         name = key_name(pub)
+        held = registered.get(name) or {}
+        if held and held.get("fingerprint") != fingerprint and not held.get("revoked"):
+            raise DeploymentError(
+                f"client key {pub}: the name {name!r} is already bound to another key ({held.get('fingerprint')}, "
+                f"node {held.get('node_id')}); a second client may not take a registered name. Give this client "
+                f"its own name (`fedmtl keys create OTHER_NAME`), or revoke the old key first "
+                f"(`fedmtl keys revoke {name}`)")
         node_id: int | None = None
         try:
             node_id = cli.register_supernode(pub, name=name)

@@ -37,6 +37,7 @@ from launch.service import (
     CoordinatorSettings,
     DeploymentError,
     DeploymentFailed,
+    client_registry_path,
     insecure_banner,
 )
 from launch.simulation import check_fab
@@ -118,6 +119,8 @@ def build(args: argparse.Namespace) -> tuple[CoordinatorSettings, dict[str, Any]
         return value if value is not None else saved.get(name, default)
 
     insecure = bool(args.insecure or saved.get("insecure", False))
+    # Identities come from the registered keys (the ServerApp reads this file at every discovery).
+    config["client-registry"] = "" if insecure else str(client_registry_path(run_dir))
     tls_dir = pick("tls_dir", None)
     keys = pick("authorized_keys", None)
     settings = CoordinatorSettings(
