@@ -14,10 +14,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.data import client_name, local_tasks
+from client.data import client_name, client_suite, local_tasks
 from client.training import TrainConfig, evaluate_multitask, resolve_device, train_multitask
 from tasks import protocol as P
-from tasks.registry import load_suite
 
 app = ClientApp()
 
@@ -34,9 +33,9 @@ def _data(context: Context, cfg: dict):
     return local_tasks(dict(context.node_config), str(cfg["suite"]), int(cfg.get("data-seed", 0)), str(cfg.get("data-root", "")))
 
 
-def _model(msg: Message, cfg: dict, tasks: list[str]):
+def _model(msg: Message, context: Context, cfg: dict, tasks: list[str]):
     """Rebuild the group's model for `tasks` and load the weights the coordinator sent."""
-    model = load_suite(str(cfg["suite"])).build_model(tasks)
+    model = client_suite(dict(context.node_config), str(cfg["suite"])).build_model(tasks)
     state = msg.content[P.MODEL].to_torch_state_dict()
     model.load_state_dict(state, strict=True)
     return model
@@ -75,7 +74,7 @@ def train(msg: Message, context: Context) -> Message:
     tasks = [t for t in cfg["tasks"] if t in data]
     if not tasks:
         raise ValueError(f"asked to train tasks {list(cfg['tasks'])} but this client holds {sorted(data)}")
-    model = _model(msg, cfg, tasks)
+    model = _model(msg, context, cfg, tasks)
     train_cfg = TrainConfig(
         local_epochs=int(cfg.get("local-epochs", 1)),
         local_steps=int(cfg.get("local-steps", 0)),
@@ -116,7 +115,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = _config(msg)
     data = _data(context, cfg)
     tasks = [t for t in cfg["tasks"] if t in data]
-    model = _model(msg, cfg, tasks)
+    model = _model(msg, context, cfg, tasks)
     started = time.perf_counter()
     results = evaluate_multitask(model, data, tasks, device=str(cfg.get("device", "auto")))
     metrics: dict[str, float] = {"eval-seconds": time.perf_counter() - started}

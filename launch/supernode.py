@@ -26,6 +26,7 @@ from pathlib import Path
 
 import tomli_w
 
+from client.trust import ALLOW_SUITES_KEY, encode_allowed
 from launch.flwr_cli import strip_ansi
 from launch.processes import ENV_TAG, ProcessFamily, free_port, spawn_reaper
 from launch.superlink import child_env, flower_bin_dir
@@ -145,7 +146,8 @@ class SuperNodeConfig:
     SuperNode's Flower home (unpacked app bundles), its node config file and its log.
     `runtime_port=None` picks a free port for the SuperNode's local Runtime API (several clients
     on one host need different ones). `max_wait_s` bounds every reconnection (Flower retries
-    for ever otherwise).
+    for ever otherwise). `allow_suites` go to the ClientApp in the node config (`allow-suites`,
+    see `client/trust.py`); `trusted_entities` is passed to `flower-supernode --trusted-entities`.
     """
 
     superlink: str
@@ -157,6 +159,8 @@ class SuperNodeConfig:
     insecure: bool = False
     max_wait_s: float = 300.0
     runtime_port: int | None = None
+    allow_suites: Sequence[str] = ()  # suite specs this client runs besides built-in/installed ones
+    trusted_entities: Path | None = None  # Flower's --trusted-entities YAML (only Hub-signed app bundles run)
     env: dict[str, str] = field(default_factory=dict)
     extra_args: Sequence[str] = ()
 
@@ -191,6 +195,8 @@ class SuperNodeProcess:
         cmd = [str(flower_bin_dir() / "flower-supernode"), "--superlink", cfg.superlink,
                "--port", str(self.port), "--node-config", str(self.node_config_path),
                "--max-wait-time", f"{cfg.max_wait_s:g}"]
+        if cfg.trusted_entities is not None:
+            cmd += ["--trusted-entities", str(Path(cfg.trusted_entities).resolve())]
         if cfg.insecure:
             cmd.append("--insecure")
         else:
@@ -198,6 +204,14 @@ class SuperNodeProcess:
                 cmd += ["--root-certificates", str(Path(cfg.root_certificates).resolve())]
             cmd += ["--auth-supernode-private-key", str(Path(cfg.private_key).resolve())]  # type: ignore[arg-type]
         return cmd + list(cfg.extra_args)
+
+    def node_config(self) -> dict[str, str]:
+        """What the ClientApp finds in `context.node_config`."""
+        cfg = self.config
+        out = {"data-dir": str(cfg.data_dir), "name": cfg.name}
+        if cfg.allow_suites:
+            out[ALLOW_SUITES_KEY] = encode_allowed(cfg.allow_suites)
+        return out
 
     def env(self) -> dict[str, str]:
         env = child_env({"FLWR_HOME": str(self.flwr_home), ENV_TAG: self.tag, **self.config.env})
@@ -209,7 +223,7 @@ class SuperNodeProcess:
         cfg = self.config
         cfg.work_dir.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        self.node_config_path.write_text(tomli_w.dumps({"data-dir": str(cfg.data_dir), "name": cfg.name}))
+        self.node_config_path.write_text(tomli_w.dumps(self.node_config()))
         if self.port is None:
             self.port = free_port("127.0.0.1")
         with open(self.log_path, "ab") as log:
