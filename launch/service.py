@@ -38,6 +38,7 @@ from typing import Any
 from common.atomic import write_json_atomic
 from coordinator.client_registry import REGISTRY_FILE, registry_from_registered, write_registry
 from launch import simulation as launcher
+from launch.bundle import staged_app
 from launch.flwr_cli import FlwrCli, FlwrCliError, SuperLinkConnection
 from launch.gateway import GatewayConfig, GatewayLimits, gateway_command, parse_hostport
 from launch.processes import ENV_TAG, log_tail, process_start_time
@@ -426,8 +427,11 @@ class CoordinatorService:
     def submit(self, run_config: Mapping[str, Any]) -> int:
         assert self.cli is not None
         try:
-            self.run_id = self.cli.submit_run(self.app_dir, dict(run_config), None, stream=False,
-                                              files_dir=self.link.flwr_home)
+            # The bundle is built from a clean copy of the code only (launch/bundle.py): nothing of a
+            # data, key or run folder that lies in the project folder is shipped.
+            with staged_app(self.app_dir, exclude=[self.settings.run_dir]) as staged:
+                self.run_id = self.cli.submit_run(staged, dict(run_config), None, stream=False,
+                                                  files_dir=self.link.flwr_home)
         except FlwrCliError as err:
             raise DeploymentFailed(f"the run was not accepted: {err}", status="not-submitted", details=str(err)) from err
         self._write_info("running")
