@@ -28,7 +28,7 @@ from typing import Any
 import tomli_w
 
 from common.signals import install_stop_handlers
-from coordinator.commands.common import add_run_options, run_config_from_args
+from coordinator.commands.common import add_run_options, check_output_folder, run_config_from_args
 from coordinator.commands.simulate import app_dir
 from coordinator.config import RunConfig
 from launch.service import (
@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     out = Path(config["out"]).resolve()
+    check_output_folder(out, config, args.overwrite, _say)  # another run's checkpoints are not deleted silently
     out.mkdir(parents=True, exist_ok=True)
     check_fab(app, forbidden=[run_dir, out])  # nothing of the run directory may ship with the app
     _save(settings, config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coordinator.commands.common import add_run_options, run_config_from_args
+from coordinator.commands.common import add_run_options, check_output_folder, run_config_from_args
 from launch.simulation import SimulationFailed, run_simulation_app
 from tasks.registry import builtin_data_root
 
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         config["min-clients"] = args.clients
     out = Path(config["out"]).resolve()
     config["out"] = str(out)
+    check_output_folder(out, config, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     print(f"fedmtl simulate: {args.clients} clients, suite {config['suite']!r}, mode {config['mode']!r}, "
           f"{config['rounds']} rounds -> {out}", flush=True)
