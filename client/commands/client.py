@@ -42,9 +42,9 @@ _TRIGGERS = ("Exit Code:", "Giving up reconnection", "CERTIFICATE_VERIFY_FAILED"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="join a coordinator with a private data folder (Flower SuperNode)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--coordinator", required=True, metavar="HOST:PORT",
-                   help="the coordinator's address, as covered by its TLS certificate (e.g. coord.example.org:9092)")
-    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="this client's data folder")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="(required) the coordinator's address, as covered by its TLS certificate (e.g. coord.example.org:9092)")
+    p.add_argument("--data", type=Path, metavar="DIR", help="this client's data folder (required)")
     p.add_argument("--name", default=None, help="name shown by the coordinator (default: the folder manifest's name)")
     p.add_argument("--key", type=Path, default=None, metavar="NAME.key",
                    help="this client's private key (`fedmtl keys create NAME`); required unless --insecure")
@@ -63,6 +63,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also run this suite when a run config names it ('module:function' or "
                         "'file.py:function'; repeatable). Without it only built-in suites and suites "
                         "installed on this machine (entry points) run: a suite is code this client imports")
+    pin = p.add_mutually_exclusive_group()
+    pin.add_argument("--pin-app", action="store_true",
+                     help="run only the app bundle built from the fedmtl installed here (same code as this "
+                          "machine's): a coordinator running other code gets an error reply, and none of it runs")
+    pin.add_argument("--app-hash", action="append", default=[], metavar="SHA256",
+                     help="run only app bundles with this SHA-256 (repeatable; `fedmtl client --print-app-hash` "
+                          "on a machine with the expected code prints it)")
+    p.add_argument("--print-app-hash", action="store_true",
+                   help="print the SHA-256 of the app bundle of the fedmtl installed here, and exit")
     p.add_argument("--trusted-entities", type=Path, default=None, metavar="YAML",
                    help="Flower's app verification: run only app bundles signed by one of these entities "
                         "({id: 'ssh-ed25519 KEY'}). Flower signs bundles it serves from Flower Hub only, so "
@@ -84,6 +93,9 @@ def _fail(message: str) -> int:
 
 def check(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict]:
     """Validate everything before connecting; returns (name, manifest, tasks). Raises ValueError."""
+    for flag, value in (("--coordinator", args.coordinator), ("--data", args.data)):
+        if value is None:
+            raise ValueError(f"{flag} is required")
     try:
         parse_hostport(args.coordinator)
     except ValueError as exc:
@@ -185,8 +197,34 @@ def _check_ca(path: Path) -> None:
         raise ValueError(f"--ca {path}: not a PEM certificate ({exc})") from None
 
 
+def installed_app_hash() -> str:
+    """SHA-256 of the bundle `fedmtl coordinator` / `simulate` would submit from this machine's fedmtl."""
+    import hashlib
+
+    from coordinator.commands.simulate import app_dir
+    from launch.bundle import build_bundle
+
+    return hashlib.sha256(build_bundle(app_dir())).hexdigest()
+
+
+def _app_hashes(args: argparse.Namespace) -> list[str]:
+    if args.pin_app:
+        return [installed_app_hash()]
+    out = []
+    for h in args.app_hash:
+        h = h.strip().lower()
+        if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+            raise ValueError(f"--app-hash {h!r}: expected a SHA-256 in hex (64 characters)")
+        out.append(h)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.print_app_hash:
+        print(installed_app_hash())
+        return 0
     name, _manifest, tasks = check(args)
+    app_hashes = _app_hashes(args)
     if args.insecure:
         print(insecure_banner("CLIENT"), file=sys.stderr, flush=True)
     elif args.ca is None:
@@ -199,6 +237,9 @@ def run(args: argparse.Namespace) -> int:
         _say(f"fedmtl client: besides built-in and installed suites, runs {', '.join(args.allow_suite)}")
     if args.trusted_entities is not None:
         _say(f"fedmtl client: runs only app bundles signed by an entity of {args.trusted_entities}")
+    if app_hashes:
+        what = "this machine's fedmtl" if args.pin_app else "--app-hash"
+        _say(f"fedmtl client: runs only the app bundle(s) {', '.join(h[:16] for h in app_hashes)}... ({what})")
 
     tmp = None
     work_dir = args.work_dir
@@ -209,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         superlink=args.coordinator, data_dir=args.data, name=name, work_dir=work_dir,
         private_key=None if args.insecure else args.key, root_certificates=args.ca, insecure=args.insecure,
         max_wait_s=args.max_wait, runtime_port=args.runtime_port, allow_suites=tuple(args.allow_suite),
-        trusted_entities=args.trusted_entities,
+        trusted_entities=args.trusted_entities, app_hashes=tuple(app_hashes),
     ))
     restore_signals = install_stop_handlers()  # SIGTERM and SIGINT stop the client like Ctrl-C
     follower: LogFollower | None = None
@@ -284,6 +325,9 @@ def _relay(line: str, args: argparse.Namespace) -> None:
         print(f"fedmtl client: {_last_header[0]}: refused to run the coordinator's app bundle: it is not signed by "
               "an entity of --trusted-entities (Flower signs only bundles served from Flower Hub); the "
               "coordinator gets an error reply", flush=True)
+    if line.startswith("fedmtl: refused app bundle"):
+        print(f"fedmtl client: {_last_header[0]}: {line.removeprefix('fedmtl: ')}", flush=True)
+        return
     if "UntrustedSuiteError" in line or "does not run the suite" in line:
         print(f"fedmtl client: {_last_header[0]}: refused a suite it does not trust (see the error above; "
               "--allow-suite SPEC allows one)", flush=True)
