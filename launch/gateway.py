@@ -61,7 +61,13 @@ from typing import Any
 
 import httpx
 
-from launch.gateway_auth import AuthorizedKeys, check_signed_headers
+from launch.gateway_auth import (
+    PUBLIC_KEY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    AuthorizedKeys,
+    check_signed_headers,
+)
 from launch.gateway_limits import GatewayLimits, InFlight, RefusalLog
 
 __all__ = [
@@ -116,6 +122,8 @@ _HOP_BY_HOP = frozenset(
 _REQ_DROP = _HOP_BY_HOP | {"forwarded", "x-forwarded-for", "x-forwarded-proto",
                            "x-forwarded-host", "x-real-ip", "content-length", "expect"}
 _RESP_DROP = _HOP_BY_HOP | {"server", "date"}
+#: Headers that must appear once: the gateway and the SuperLink must judge the same values.
+_SINGLE_HEADERS = frozenset({"content-length", PUBLIC_KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER})
 
 #: Kept for callers of the old single limit: the big-route default (Flower's array chunk + 1 MiB).
 DEFAULT_MAX_BODY = GatewayLimits().max_body_bytes
@@ -312,6 +320,10 @@ class FleetGateway:
         declared: int | None = None
         for k, v in scope.get("headers", []):
             name = k.decode("latin-1").lower()
+            if name in headers and name in _SINGLE_HEADERS:
+                self.refusals.refused(peer, what, f"header {name} given twice")
+                await _plain(send, 400, b"Duplicate header\n")
+                return
             headers[name] = v.decode("latin-1")
         if "content-length" in headers:
             try:

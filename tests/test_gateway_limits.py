@@ -245,11 +245,14 @@ def test_unauthenticated_requests_are_refused_before_the_body_is_read(gateway: G
         activate = c.post("/v1/fleet/activate-node", content=b"x",
                           headers=gw.signed(ec.generate_private_key(ec.SECP384R1())))
         register = c.post("/v1/fleet/register-node", content=b"x", headers=gw.signed())
+        twice = c.post("/v1/fleet/pull-messages", content=b"x",
+                       headers=[*gw.signed().items(), (SIGNATURE_HEADER, gw.signed()[SIGNATURE_HEADER])])
     for name, r in got.items():
         assert (r.status_code, r.json()) == (401, {"detail": "Invalid SuperNode authentication"}), name
     # what the SuperLink itself answers, so flower-supernode (and `fedmtl client`) react the same
     assert (activate.status_code, activate.json()["code"]) == (412, 2004)
     assert (register.status_code, register.json()["code"]) == (412, 2001)
+    assert twice.status_code == 400  # the gateway and the SuperLink must judge the same header
     assert len(gw.upstream_requests()) == before
 
     # A stranger streaming 64 MiB (chunked: no length to refuse it by): answered at once, and the
