@@ -2,7 +2,7 @@
 
 Why this exists
 ---------------
-``flower-superlink`` 1.41 serves three APIs on ONE HTTP(S) port: Fleet
+``flower-superlink`` (1.41, 1.42) serves three APIs on ONE HTTP(S) port: Fleet
 (``/v1/fleet/*``, used by SuperNodes), Control (``/v1/control/*``: ``flwr
 run/ls/stop/log``, ``flwr supernode register``) and Runtime (``/v1/runtime/*``,
 used by the ServerApp), plus ``/docs`` and ``/openapi.json``. Control has no
@@ -14,7 +14,7 @@ Flower 1.41 and 1.42 have no option to put Fleet on its own address: ``--host/--
 bind all three APIs together, ``--fleet-api-address`` is deprecated and
 ignored for the HTTP Fleet API, and the undocumented
 ``FLWR_INTERNAL_GRPC_FLEET_API=1`` switch starts the *legacy gRPC* Fleet
-servicer, which ``flower-supernode`` 1.41 cannot talk to any more (its only
+servicer, which ``flower-supernode`` 1.41/1.42 cannot talk to any more (its only
 transport is protobuf-over-HTTP, ``flwr/supernode/fleet_http_connection.py``).
 
 So fedmtl runs the SuperLink on the loopback interface only

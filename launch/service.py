@@ -17,7 +17,7 @@
 The client side (`SuperNodeProcess`, `LogFollower`, `classify_supernode_output`) lives in
 `launch/supernode.py`; its names stay importable from here.
 
-Everything here was checked with flwr 1.41 on loopback and across network namespaces
+Everything here was checked with flwr 1.41 and again with 1.42 on loopback and across network namespaces
 (tests/test_deployment.py).
 """
 
