@@ -75,7 +75,9 @@ class RunConfig:
     max_update_norm: float = 0.0  # 0 = no bound
     max_update_ratio: float = 10.0  # refuse updates longer than this times the model's own norm (0 = off)
     max_examples: int = 1_000_000  # per task and client: larger declared counts are refused
-    client_registry: str = ""  # node id -> name file of the coordinator service (secure deployments)
+    # identity: path of the client registry (node id -> registered name; coordinator/client_registry.py),
+    # "" = none (simulation, --insecure): clients are known by the names they report
+    client_registry: str = ""
     # evaluation
     evaluate_every: int = 1  # rounds between evaluations (round 0 and the last round always)
     fraction_evaluate: float = 1.0  # share of the connected clients that evaluate

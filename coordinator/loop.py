@@ -31,7 +31,14 @@ from common.progress import marker_line, round_event
 from coordinator import evaluate as evaluation
 from coordinator import regroup
 from coordinator.affinity import AffinityBook
-from coordinator.checkpoint import capture_rng_state, load_latest_checkpoint, restore_rng_state, save_checkpoint
+from coordinator.checkpoint import (
+    CHECKPOINT_DIR,
+    CheckpointError,
+    capture_rng_state,
+    load_compatible_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from coordinator.config import ConfigError, RunConfig
 from coordinator.discovery import Roster
 from coordinator.groups import initial_model, split_groups
@@ -49,10 +56,6 @@ from tasks.models import split_state
 from tasks.registry import load_suite
 
 Log = Callable[[str], None]
-# Settings a resumed run must share with its checkpoint: they decide what the saved state means.
-RESUME_KEYS = ("suite", "mode", "seed", "data-seed", "split-round", "max-groups", "regroup-every", "regroup-rounds",
-               "affinity-signal", "affinity-average")
-
 
 @contextlib.contextmanager
 def _phase(outcome: RoundOutcome, name: str) -> Iterator[None]:
@@ -260,21 +263,17 @@ class Coordinator:
             tensors[f"stash_{i}"] = {f"body.{n}": v for n, v in s.stash[k].items()}
         if s.merged_at is not None:
             tensors["merged_at"] = {f"body.{n}": v for n, v in s.merged_at.items()}
-        save_checkpoint(self.out / "checkpoints", r, state, tensors, keep=self.cfg.checkpoint_keep)
+        save_checkpoint(self.out / CHECKPOINT_DIR, r, state, tensors, keep=self.cfg.checkpoint_keep)
 
     def _resume(self) -> int:
-        ckpt = load_latest_checkpoint(self.out / "checkpoints")
+        try:  # verified, and written with this run's settings (or an older one that fits the suite)
+            ckpt = load_compatible_checkpoint(self.out / CHECKPOINT_DIR, self.cfg.to_dict(), self.suite)
+        except CheckpointError as exc:
+            raise ConfigError(str(exc)) from None
         if ckpt is None:
-            self.log(f"resume: no checkpoint under {self.out / 'checkpoints'}; starting from scratch")
+            self.log(f"resume: no checkpoint under {self.out / CHECKPOINT_DIR}; starting from scratch")
             return 0
         s = ckpt.state
-        saved = dict(s.get("config") or {})
-        now = self.cfg.to_dict()
-        changed = [k for k in RESUME_KEYS if k in saved and saved[k] != now[k]]
-        if changed:
-            detail = ", ".join(f"{k} = {now[k]!r} (checkpoint: {saved[k]!r})" for k in changed)
-            raise ConfigError(f"resume: the run config differs from the checkpoint's in {detail}; "
-                              "resume with the same settings, or start a fresh run in another --out")
         groups = []
         for meta in s["groups"]:
             body, heads = split_state(ckpt.tensors[f"group_{meta['gid']}"])

@@ -256,7 +256,7 @@ def test_write_connection_keeps_other_connections(tmp_path: Path) -> None:
     assert data["superlink"]["prod"] == {"address": "10.0.0.1:8000", "root-certificates": str(tmp_path / "ca.crt")}
 
 
-def test_check_fab_lists_sources_and_refuses_a_bundled_run_dir(tmp_path: Path) -> None:
+def test_check_fab_lists_sources_and_never_bundles_a_run_dir(tmp_path: Path) -> None:
     app = write_tiny_app(tmp_path / "app")
     (app / "data.bin").write_bytes(b"\0" * 1000)
     names = dict(check_fab(app))
@@ -265,12 +265,13 @@ def test_check_fab_lists_sources_and_refuses_a_bundled_run_dir(tmp_path: Path) -
     ignored = app / "runs" / "r1" / "flwr_home"  # runs/ is in the app's .gitignore
     ignored.mkdir(parents=True)
     (ignored / "config.toml").write_text("x = 1\n")
-    check_fab(app, forbidden=[app / "runs" / "r1"])
+    assert dict(check_fab(app, forbidden=[app / "runs" / "r1"])) == names
+    # not ignored either: the bundle is built from a clean copy of the code (launch/bundle.py)
     bundled = app / "out" / "flwr_home"
     bundled.mkdir(parents=True)
     (bundled / "config.toml").write_text("x = 1\n")
-    with pytest.raises(ValueError, match="gitignore"):
-        check_fab(app, forbidden=[app / "out"])
+    (app / "out" / "history.json").write_text("{}")
+    assert dict(check_fab(app, forbidden=[app / "out"])) == names
 
 
 def test_error_text_takes_the_last_traceback() -> None:

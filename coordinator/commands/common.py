@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run config key, e.g. --set quorum=0.6")
     parser.add_argument("--out", type=Path, default=None, help="output directory (history, models, plots, checkpoints)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output folder that holds another run's checkpoints (they are deleted)")
 
 
 def parse_value(text: str) -> Any:
@@ -79,3 +82,33 @@ def run_config_from_args(args: argparse.Namespace, defaults: dict[str, Any]) -> 
     cfg.validate_against_suite(load_suite(cfg.suite).task_names, where=where)
     check_available(cfg.tracking)  # a missing TensorBoard / MLflow fails now, naming the extra
     return cfg.to_dict()
+
+
+def check_output_folder(out: Path, config: dict[str, Any], overwrite: bool,
+                        say: Callable[[str], None] = print) -> None:
+    """Before anything starts: a fresh run must not silently delete another run's checkpoints, and
+    a resumed run must fit its checkpoint (same suite, seeds, mode and grouping settings, models
+    that fit the suite). Raises ValueError with what to do; `--overwrite` clears old checkpoints."""
+    from coordinator.checkpoint import (  # noqa: PLC0415 - torch import, only for these commands
+        CHECKPOINT_DIR,
+        CheckpointError,
+        clear_checkpoints,
+        fresh_run_problem,
+        load_compatible_checkpoint,
+    )
+
+    if config.get("resume"):
+        if overwrite:
+            raise ValueError("--resume continues the run in the output folder, --overwrite replaces it: pick one")
+        try:
+            load_compatible_checkpoint(Path(out) / CHECKPOINT_DIR, config, load_suite(str(config["suite"])))
+        except CheckpointError as exc:
+            raise ValueError(str(exc)) from None
+        return
+    problem = fresh_run_problem(out)
+    if problem is None:
+        return
+    if not overwrite:
+        raise ValueError(problem)
+    removed = clear_checkpoints(out)
+    say(f"--overwrite: removed {removed} checkpoint(s) of the previous run in {out}")

@@ -28,7 +28,7 @@ from typing import Any
 import tomli_w
 
 from common.signals import install_stop_handlers
-from coordinator.commands.common import add_run_options, run_config_from_args
+from coordinator.commands.common import add_run_options, check_output_folder, run_config_from_args
 from coordinator.commands.simulate import app_dir
 from coordinator.config import RunConfig
 from fedmtl.commands.dashboard import add_dashboard_options, start_for_run
@@ -39,6 +39,7 @@ from launch.service import (
     CoordinatorSettings,
     DeploymentError,
     DeploymentFailed,
+    client_registry_path,
     insecure_banner,
 )
 from launch.simulation import check_fab
@@ -122,6 +123,8 @@ def build(args: argparse.Namespace) -> tuple[CoordinatorSettings, dict[str, Any]
         return value if value is not None else saved.get(name, default)
 
     insecure = bool(args.insecure or saved.get("insecure", False))
+    # Identities come from the registered keys (the ServerApp reads this file at every discovery).
+    config["client-registry"] = "" if insecure else str(client_registry_path(run_dir))
     tls_dir = pick("tls_dir", None)
     keys = pick("authorized_keys", None)
     settings = CoordinatorSettings(
@@ -151,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     out = Path(config["out"]).resolve()
+    check_output_folder(out, config, args.overwrite)  # another run's checkpoints are not deleted silently
     out.mkdir(parents=True, exist_ok=True)
     check_fab(app, forbidden=[run_dir, out])  # nothing of the run directory may ship with the app
     _save(settings, config)

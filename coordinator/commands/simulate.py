@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coordinator.commands.common import add_run_options, run_config_from_args
+from coordinator.commands.common import add_run_options, check_output_folder, run_config_from_args
 from fedmtl.commands.dashboard import add_dashboard_options, start_for_run
 from fedmtl.progress import RunReporter, add_output_options, output_mode
 from launch.simulation import SimulationFailed, run_simulation_app
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         config["min-clients"] = args.clients
     out = Path(config["out"]).resolve()
     config["out"] = str(out)
+    check_output_folder(out, config, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     dashboard = start_for_run(args, out)
     with RunReporter(output_mode(args), rounds=config["rounds"], title="simulate") as report:
