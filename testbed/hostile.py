@@ -62,6 +62,7 @@ BEHAVIOURS = {
     "e-negative-loss": "loss -5",
     "e-foreign-task": "metrics for a task it was not asked about",
     "e-inflate-examples": "claims 10^9 test examples",
+    "e-many-metrics": "100,000 metric entries",
 }
 
 
@@ -212,6 +213,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         metrics |= {"accuracy.ghost": 1.0, "loss.ghost": 0.0, "examples.ghost": 10.0}
     if "e-inflate-examples" in evil:
         metrics |= {P.task_key(P.EXAMPLES, t): 1e9 for t in tasks}
+    if "e-many-metrics" in evil:
+        metrics |= {f"junk.{i}": float(i) for i in range(100_000)}
     return _rebuild(reply, msg, {P.METRICS: MetricRecord(metrics)})
 
 
