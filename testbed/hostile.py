@@ -14,6 +14,7 @@ A behaviour's prefix says which reply it forges: `q-` query, `t-` train, `e-` ev
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -66,15 +67,18 @@ BEHAVIOURS = {
 }
 
 
-PLAN_FILE = Path(__file__).with_name("hostile_plan.json")  # see `app_folder`
+PLAN_MODULE = "testbed.hostile_plan"  # written by `app_folder`: app bundles carry only *.py files
 
 
 def _node_settings(context: Context) -> dict:
     """This node's hostile settings: its node config, or (simulation, where a node config holds only
     partition-id and num-partitions) the plan file shipped inside the app folder, by partition."""
     node = dict(context.node_config)
-    if "hostile" not in node and PLAN_FILE.is_file():
-        plan = json.loads(PLAN_FILE.read_text())
+    if "hostile" not in node:
+        try:
+            plan = importlib.import_module(PLAN_MODULE).PLAN
+        except ModuleNotFoundError:
+            plan = {}
         node |= plan.get(str(node.get("partition-id")), {})
     return node
 
@@ -237,6 +241,7 @@ def app_folder(project: Path, dst: Path, plan: dict[int, dict]) -> Path:
     assert 'clientapp = "testbed.hostile:app"' in pyproject
     (dst / "pyproject.toml").write_text(pyproject)
     (dst / "README.md").write_text("hostile fedmtl app (tests only)\n")
-    (dst / "testbed" / PLAN_FILE.name).write_text(json.dumps({str(k): v for k, v in plan.items()}))
+    plan_text = json.dumps({str(k): v for k, v in plan.items()}, indent=1)
+    (dst / "testbed" / "hostile_plan.py").write_text(f'"""Hostile behaviours by partition (tests only)."""\n\nPLAN = {plan_text}\n')
     return dst
 
