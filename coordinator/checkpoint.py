@@ -287,23 +287,7 @@ def load_latest_checkpoint(root: str | os.PathLike) -> Checkpoint | None:
     CheckpointError when `round_*` dirs exist but none verifies. Hidden `.tmp-*` dirs (saves
     killed mid-write) are not checkpoints and are ignored.
     """
-    root = Path(root)
-    candidates = _round_dirs(root)
-    problems: list[str] = []
-    for _, path in candidates:
-        try:
-            ckpt = _read_checkpoint(path)
-        except _Invalid as err:
-            log.warning("checkpoint %s is invalid, falling back to an older one: %s", path.name, err)
-            problems.append(str(err))
-            continue
-        if problems:
-            log.warning("resuming from older checkpoint %s after %d invalid newer one(s)", path.name, len(problems))
-        _check_latest_pointer(root, path)
-        return ckpt
-    if candidates:
-        raise CheckpointError(f"no valid checkpoint under {root}: " + "; ".join(problems))
-    return None
+    return load_compatible_checkpoint(root, None)
 
 
 def _check_latest_pointer(root: Path, used: Path) -> None:
@@ -488,9 +472,10 @@ def checkpoint_state_problems(state: dict[str, Any], tensors: dict[str | int, di
     return problems
 
 
-def load_compatible_checkpoint(root: str | os.PathLike, config: dict[str, Any], suite: Any = None,
+def load_compatible_checkpoint(root: str | os.PathLike, config: dict[str, Any] | None, suite: Any = None,
                                tensor_key: Any = lambda gid: f"group_{gid}") -> Checkpoint | None:
     """The newest checkpoint under `root` that verifies AND fits `config` (and `suite`), or None.
+    With `config` None, only verification counts (`load_latest_checkpoint`).
 
     Damaged checkpoints, and intact ones whose models or groups do not fit the suite, are skipped
     with a warning (falling back to an older one). A checkpoint written with other settings
@@ -508,11 +493,11 @@ def load_compatible_checkpoint(root: str | os.PathLike, config: dict[str, Any], 
             log.warning("checkpoint %s is invalid, falling back to an older one: %s", path.name, err)
             problems.append(str(err))
             continue
-        saved = checkpoint_config(ckpt.state)
+        saved = checkpoint_config(ckpt.state) if config is not None else {}
         if saved is None:
             problems.append(f"{path}: records no run config")
             continue
-        differences = checkpoint_compatibility(saved, config)
+        differences = checkpoint_compatibility(saved, config) if config is not None else []
         if differences:
             raise CheckpointError(
                 f"resume: the checkpoint {path} was written with other settings: {'; '.join(differences)}. "
@@ -524,6 +509,9 @@ def load_compatible_checkpoint(root: str | os.PathLike, config: dict[str, Any], 
                             path.name, "; ".join(unfit))
                 problems.append(f"{path}: " + "; ".join(unfit))
                 continue
+        if problems:
+            log.warning("resuming from older checkpoint %s after %d unusable newer one(s)", path.name, len(problems))
+        _check_latest_pointer(root, path)
         return ckpt
     if candidates:
         raise CheckpointError(f"no usable checkpoint under {root}: " + "; ".join(problems))
