@@ -43,34 +43,8 @@ from launch.security import create_ca, create_client_keypair, create_server_cert
 from launch.service import GatewayProcess  # noqa: E402
 from launch.superlink import SuperLinkConfig, SuperLinkProcess, TlsFiles  # noqa: E402
 from launch.supernode import SuperNodeConfig, SuperNodeProcess  # noqa: E402
+from testbed.flower_app import write_flower_app  # noqa: E402
 
-_PYPROJECT = """\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "gwbench"
-version = "0.1.0"
-description = "fedmtl gateway benchmark app"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "fedmtl"
-
-[tool.flwr.app.components]
-serverapp = "gwbench.server:app"
-clientapp = "gwbench.client:app"
-
-[tool.flwr.app.config]
-mb = 8.0
-rounds = 4
-out = ""
-"""
 _SERVER = """\
 import json, time
 import numpy as np
@@ -232,11 +206,8 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="fedmtl-bench-gw-"))
     app = root / "gwbench"
-    (app / "gwbench").mkdir(parents=True)
-    (app / "pyproject.toml").write_text(_PYPROJECT)
-    (app / "gwbench" / "__init__.py").write_text("")
-    (app / "gwbench" / "server.py").write_text(_SERVER)
-    (app / "gwbench" / "client.py").write_text(_CLIENT)
+    write_flower_app(app, "gwbench", {"gwbench/server.py": _SERVER, "gwbench/client.py": _CLIENT},
+                     "gwbench.server:app", "gwbench.client:app", {"mb": 8.0, "rounds": 4, "out": ""})
     keys = root / "authorized"
     keys.mkdir()
     tls = None

@@ -205,7 +205,8 @@ def _connection_closed(sock: ssl.SSLSocket, within: float) -> float:
 
 
 def test_flower_auth_constants_match_the_installed_flower() -> None:
-    from flwr.common.constant import SYSTEM_TIME_TOLERANCE, TIMESTAMP_HEADER as FLWR_TS, TIMESTAMP_TOLERANCE
+    from flwr.common.constant import SYSTEM_TIME_TOLERANCE, TIMESTAMP_TOLERANCE
+    from flwr.common.constant import TIMESTAMP_HEADER as FLWR_TS
     from flwr.supercore.constant import FLEET_HTTP_PUBLIC_KEY_HEADER, FLEET_HTTP_SIGNATURE_HEADER
 
     assert (PUBLIC_KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER) == (

@@ -18,32 +18,7 @@ from launch.flwr_cli import FlwrCli, SuperLinkConnection
 from launch.processes import find_tagged_processes, free_port
 from launch.simulation import SimulationFailed, SimulationResources, check_fab, run_simulation_app
 from launch.superlink import SuperLinkConfig, SuperLinkProcess
-
-TINY_PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=68"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "tinyapp"
-version = "0.1.0"
-description = "Tiny Flower app for tests/test_launcher.py"
-license = "Apache-2.0"
-requires-python = ">=3.11"
-dependencies = ["flwr[simulation]==1.42.0"]
-
-[tool.flwr.app]
-publisher = "fedmtl"
-
-[tool.flwr.app.components]
-serverapp = "tiny_server.app:app"
-clientapp = "tiny_client.app:app"
-
-[tool.flwr.app.config]
-rounds = 3
-fail = false
-label = "tiny"
-"""
+from testbed.flower_app import write_flower_app
 
 TINY_SERVER = '''\
 """Tiny ServerApp: query every node, then a few train rounds; one progress line each."""
@@ -105,15 +80,8 @@ def train(msg: Message, context: Context) -> Message:
 
 def write_tiny_app(root: Path) -> Path:
     """The tiny app in `root` (created), as a folder `flwr run` accepts."""
-    (root / "tiny_server").mkdir(parents=True)
-    (root / "tiny_client").mkdir()
-    (root / "pyproject.toml").write_text(TINY_PYPROJECT)
-    (root / ".gitignore").write_text("__pycache__/\nruns/\n")
-    (root / "tiny_server" / "__init__.py").write_text("")
-    (root / "tiny_client" / "__init__.py").write_text("")
-    (root / "tiny_server" / "app.py").write_text(TINY_SERVER)
-    (root / "tiny_client" / "app.py").write_text(TINY_CLIENT)
-    return root
+    return write_flower_app(root, "tinyapp", {"tiny_server/app.py": TINY_SERVER, "tiny_client/app.py": TINY_CLIENT},
+                            "tiny_server.app:app", "tiny_client.app:app", {"rounds": 3, "fail": False, "label": "tiny"})
 
 
 def _cmdlines_mentioning(text: str) -> list[str]:

@@ -39,6 +39,7 @@ from launch.security import (
     create_server_cert,
     load_client_public_key,
 )
+from testbed.flower_app import write_flower_app
 
 try:  # works whether or not tests/ is a package
     from tests.netns import NetnsLan, skip_unless_netns, stop_processes
@@ -447,31 +448,6 @@ def test_loopback_tls_auth_registered_and_refused(tmp_path: Path, procs: list) -
 
 
 # A Flower app that needs nothing but flwr: one query round-trip per node.
-_TINY_PYPROJECT = """\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "tinyapp"
-version = "0.1.0"
-description = "fedmtl security test app"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "fedmtl"
-
-[tool.flwr.app.components]
-serverapp = "tinyapp.server:app"
-clientapp = "tinyapp.client:app"
-
-[tool.flwr.app.config]
-expect-nodes = 1
-"""
 _TINY_SERVER = """\
 import time
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -508,13 +484,9 @@ def query(msg: Message, context: Context) -> Message:
 """
 
 
-def _write_tiny_app(root: Path) -> Path:
-    (root / "tinyapp").mkdir(parents=True)
-    (root / "pyproject.toml").write_text(_TINY_PYPROJECT)
-    (root / "tinyapp" / "__init__.py").write_text("")
-    (root / "tinyapp" / "server.py").write_text(_TINY_SERVER)
-    (root / "tinyapp" / "client.py").write_text(_TINY_CLIENT)
-    return root
+def _write_tiny_app(root: Path, expect_nodes: int = 1) -> Path:
+    return write_flower_app(root, "tinyapp", {"tinyapp/server.py": _TINY_SERVER, "tinyapp/client.py": _TINY_CLIENT},
+                            "tinyapp.server:app", "tinyapp.client:app", {"expect-nodes": expect_nodes})
 
 
 # Run inside the client's namespace: the API docs, a Control and a Runtime
@@ -700,8 +672,7 @@ def test_pinned_clients_run_only_the_app_bundle_they_expect(tmp_path: Path, proc
     sl_log = tmp_path / "superlink.log"
     sl = _popen(procs, _superlink_cmd(pki, "127.0.0.1", port, tmp_path / "state.db"), env, sl_log)
     _wait_for(_log_has(sl_log, "Application startup complete"), 30, "SuperLink", sl, sl_log)
-    app_dir = _write_tiny_app(tmp_path / "app")
-    (app_dir / "pyproject.toml").write_text(_TINY_PYPROJECT.replace("expect-nodes = 1", "expect-nodes = 2"))
+    app_dir = _write_tiny_app(tmp_path / "app", expect_nodes=2)
     right = hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
     data = tmp_path / "data"
     assert subprocess.run([sys.executable, "-m", "fedmtl.cli", "prepare-data", "--suite", "tiny", "--clients", "1",
