@@ -1,7 +1,7 @@
 """The `fedmtl` command: simulate a federation, run a coordinator, join as a client, prepare data.
 
 Each subcommand lives with the side that runs it: `coordinator.commands` (simulate, coordinator,
-certs, keys) and `client.commands` (client, prepare-data). This file only wires them into one
+certs, keys), `client.commands` (client, prepare-data) and `experiments` (coldfusion). This file only wires them into one
 argparse parser and turns known errors into one clear line and exit code 2.
 """
 
@@ -13,8 +13,9 @@ import sys
 from client.commands import client, prepare_data
 from coordinator.commands import certs, coordinator, keys, simulate
 from coordinator.config import ConfigError
+from experiments.coldfusion import command as coldfusion
 
-COMMANDS = (simulate, coordinator, client, prepare_data, certs, keys)
+COMMANDS = (simulate, coordinator, client, prepare_data, certs, keys, coldfusion)
 
 
 def build_parser() -> argparse.ArgumentParser:
