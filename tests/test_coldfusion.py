@@ -118,13 +118,13 @@ def test_report_tables_and_gains_from_seed_results(tmp_path):
 @pytest.mark.slow
 def test_coldfusion_command_tiny_writes_table_plot_docs_and_export(tmp_path):
     doc = tmp_path / "doc.md"
-    doc.write_text("# ColD Fusion\n\n<!-- coldfusion:results:start -->\nold\n<!-- coldfusion:results:end -->\n\nafter\n")
+    doc.write_text("# ColD Fusion\n\n<!-- coldfusion:results:start -->\nSTALE-RESULTS\n<!-- coldfusion:results:end -->\n\nafter\n")
     proc = subprocess.run([sys.executable, "-m", "fedmtl.cli", "coldfusion", "--preset", "tiny", "--out", str(tmp_path / "out"),
                            "--docs", str(doc), "--export", str(tmp_path / "export"), "--no-progress"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = doc.read_text()
-    assert "old" not in text and text.endswith("after\n") and "**Held-out, few-shot** (8 training labels)" in text
+    assert "STALE-RESULTS" not in text and text.endswith("after\n") and "**Held-out, few-shot** (8 training labels)" in text
     assert "| uk_party |" in text and "| **average** |" in text and "one fusion iteration" in text
     assert (tmp_path / "coldfusion_heldout_gain.png").stat().st_size > 1000
     result = json.loads((tmp_path / "out" / "results.json").read_text())["seeds"][0]
