@@ -39,7 +39,7 @@ class ColdFusionConfig:
     finetune_steps: int = 40
     fewshot_labels: int = 100
     fewshot_steps: int = 30
-    probe_c: float = 1.0
+    probe_c: float = 10.0  # inverse L2 strength of the logistic-regression probe (see evaluate.probe_accuracy)
     curve_every: int = 2  # held-out probe of the fused body every N iterations (and at the end)
     # grouped ColD Fusion (through coordinator.loop.Coordinator); "none" = plain only
     grouping: str = "none"
