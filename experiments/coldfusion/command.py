@@ -185,6 +185,15 @@ def export_only(source: Path, dest: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tasks.text.minilm import TextExtraMissing  # noqa: PLC0415
+
+    try:
+        return _run(args)
+    except TextExtraMissing as exc:  # one clear line naming the extra, not a traceback
+        raise ValueError(str(exc)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.export_from is not None:
         if args.export is None:
             raise ValueError("--export-from needs --export DIR (where to write the model folder)")
