@@ -83,8 +83,10 @@ class ColdFusionConfig:
 
 
 PRESETS: dict[str, ColdFusionConfig] = {
-    # About an hour on 2 cores (see docs/coldfusion.md for the measured cost per iteration).
-    "full": ColdFusionConfig(),
+    # 3 seeds of 8 iterations: ~27 min per seed at the rate measured on a shared 2-core machine
+    # (docs/coldfusion.md, Budget), i.e. about 80 min there, about an hour or less unshared.
+    "full": ColdFusionConfig(iterations=8, contributors=3, local_steps=20, train_per_task=400, test_per_task=200,
+                             seeds=(0, 1, 2), finetune_steps=30, fewshot_steps=20, curve_every=2),
     # What docs/coldfusion.md reports when the machine is shared: fewer seeds and iterations.
     "reduced": ColdFusionConfig(iterations=6, contributors=3, local_steps=20, train_per_task=400, test_per_task=200,
                                 seeds=(0, 1), finetune_steps=30, fewshot_steps=20, curve_every=2),
