@@ -60,13 +60,14 @@ def query(msg: Message, context: Context) -> Message:
     cfg = _config(msg)
     data = _data(context, cfg)
     names = sorted(data)
+    # Exact Python types: Flower's ConfigRecord refuses numpy scalars and mixed-type lists.
     info = ConfigRecord(
         {
-            "name": client_name(dict(context.node_config)),
+            "name": str(client_name(dict(context.node_config))),
             "device": str(resolve_device(str(cfg.get("device", "auto")))),
-            "tasks": names,
-            "train-examples": [data[t].num_train for t in names],
-            "test-examples": [data[t].num_test for t in names],
+            "tasks": [str(t) for t in names],
+            "train-examples": [int(data[t].num_train) for t in names],
+            "test-examples": [int(data[t].num_test) for t in names],
         }
     )
     return Message(RecordDict({P.INFO: info}), reply_to=msg)
@@ -87,6 +88,7 @@ def train(msg: Message, context: Context) -> Message:
         batch_size=int(cfg.get("batch-size", 32)),
         lr=float(cfg.get("lr", 0.05)),
         momentum=float(cfg.get("momentum", 0.9)),
+        optimizer=str(cfg.get("optimizer", "sgd")),
         seed=_node_seed(cfg, context),
         affinity_every=int(cfg.get("affinity-every", 0)),
         affinity_batch_size=int(cfg.get("affinity-batch-size", 0)),
@@ -99,8 +101,8 @@ def train(msg: Message, context: Context) -> Message:
         P.STEPS: result.steps,
     }
     for t in tasks:
-        metrics[P.task_key(P.EXAMPLES, t)] = result.examples[t]
-        metrics[P.task_key(P.LOSS, t)] = result.mean_loss[t]
+        metrics[P.task_key(P.EXAMPLES, t)] = int(result.examples[t])
+        metrics[P.task_key(P.LOSS, t)] = float(result.mean_loss[t])
     for signal, stats in (("lookahead", result.lookahead), ("cosine", result.cosine)):
         if stats is not None:
             metrics.update(stats.to_metrics(signal))

@@ -19,7 +19,7 @@ from tasks.suite import Suite, TaskData
 
 @lru_cache(maxsize=8)
 def _partition(suite: str, partition_id: int, num_partitions: int, seed: int, data_root: str) -> dict[str, TaskData]:
-    return load_suite(suite).load_partition(partition_id, num_partitions, seed, data_root)
+    return load_suite(suite).partition(partition_id, num_partitions, seed, data_root)
 
 
 @lru_cache(maxsize=8)

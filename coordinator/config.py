@@ -19,6 +19,7 @@ MODES = ("all-in-one", "separate", "mas", "dynamic")
 FUSIONS = ("uniform", "examples")
 AGGREGATORS = ("mean", "median", "trimmed-mean")
 AFFINITY_AVERAGES = ("mean", "window", "ema")
+OPTIMIZERS = ("sgd", "adamw")
 TRACKING_BACKENDS = ("tensorboard", "mlflow")  # coordinator/tracking.py implements them
 
 
@@ -48,6 +49,7 @@ class RunConfig:
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw" (pretrained transformers, lr ~1e-4)
     device: str = "auto"
     seed: int = 0
     # fusion
@@ -131,6 +133,7 @@ class RunConfig:
         need(self.batch_size >= 1, "batch-size", "must be >= 1")
         need(self.lr > 0, "lr", "must be > 0")
         need(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)")
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device", "must be auto, cpu or cuda[:N]")
         need(0.0 <= self.trim_fraction < 0.5, "trim-fraction", "must be in [0, 0.5)")
         need(self.clip_norm >= 0, "clip-norm", "must be >= 0 (0 disables clipping)")

@@ -46,6 +46,7 @@ def training_config(cfg: RunConfig) -> dict:
         "batch-size": cfg.batch_size,
         "lr": cfg.lr,
         "momentum": cfg.momentum,
+        "optimizer": cfg.optimizer,
     }
 
 

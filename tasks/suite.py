@@ -49,7 +49,7 @@ class TaskData:
 
     @property
     def num_train(self) -> int:
-        return int(len(self.y_train))
+        return int(len(self.y_train))  # a plain int even if y is a numpy array: it goes into Flower records
 
     @property
     def num_test(self) -> int:
@@ -58,6 +58,40 @@ class TaskData:
 
 # partition(partition_id, num_partitions, seed, data_root) -> {task name: TaskData}
 PartitionLoader = Callable[[int, int, int, str], dict[str, TaskData]]
+
+
+class PartitionError(ValueError):
+    """A suite's partition loader returned something other than {task name (str): TaskData}."""
+
+
+def _loader_name(loader: Callable) -> str:
+    """`module.function` of a loader (through functools.partial), for error messages."""
+    func = getattr(loader, "func", loader)
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def checked_partition(result: object, suite_name: str, loader: Callable) -> dict[str, TaskData]:
+    """Normalise what a partition loader returned, or refuse it naming the loader.
+
+    Task names come back as plain `str` (numpy strings, e.g. from `np.unique` or a DataFrame,
+    are converted: Flower's records accept only exact Python types in one list, so a mix of
+    `str` and `numpy.str_` would fail inside the client's query reply); anything else that is not
+    a string is refused, as is a value that is not a TaskData.
+    """
+    where = f"suite {suite_name!r}: load_partition ({_loader_name(loader)})"
+    if not isinstance(result, dict):
+        raise PartitionError(f"{where} returned {type(result).__name__}, expected a dict of task name -> TaskData")
+    out: dict[str, TaskData] = {}
+    for name, data in result.items():
+        if isinstance(name, str):
+            name = str(name)  # numpy.str_ and other str subclasses -> exactly str
+        if not isinstance(name, str):
+            raise PartitionError(f"{where} returned task name {name!r} of type {type(name).__module__}.{type(name).__name__}; "
+                                 "task names must be strings")
+        if not isinstance(data, TaskData):
+            raise PartitionError(f"{where} returned {type(data).__name__} for task {name!r}, expected tasks.TaskData")
+        out[name] = data
+    return out
 
 
 @dataclass
@@ -125,6 +159,11 @@ class Suite:
             raise ValueError(f"suite {self.name!r} takes no text inputs (it defines no encode_text); "
                              "give it arrays (.npy / .npz) instead")
         return np.asarray(self.encode_text(list(lines)))
+
+    def partition(self, partition_id: int, num_partitions: int, seed: int, data_root: str) -> dict[str, TaskData]:
+        """`load_partition`, checked and normalised (see `checked_partition`)."""
+        result = self.load_partition(int(partition_id), int(num_partitions), int(seed), str(data_root))
+        return checked_partition(result, self.name, self.load_partition)
 
     def build_model(self, task_names: list[str] | None = None, seed: int = 0) -> MultiTaskModel:
         """A fresh model with the body and the heads of `task_names` (all tasks by default)."""

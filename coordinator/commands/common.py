@@ -54,8 +54,10 @@ def parse_value(text: str) -> Any:
 
 
 def run_config_from_args(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
-    """Merge defaults < --config file < flags < --set, then validate (raises ConfigError)."""
-    values: dict[str, Any] = dict(defaults)
+    """Merge defaults < the suite's own defaults < --config file < flags < --set, then validate
+    (raises ConfigError). A suite's defaults (`Suite.defaults`, e.g. AdamW and a small learning
+    rate for a pretrained transformer) apply to every key the user did not set."""
+    values: dict[str, Any] = {}
     if args.config:
         if not args.config.is_file():
             raise FileNotFoundError(f"--config {args.config}: no such file")
@@ -77,9 +79,11 @@ def run_config_from_args(args: argparse.Namespace, defaults: dict[str, Any]) -> 
     if args.resume:
         values["resume"] = True
     where = f"config file {args.config}" if args.config else "options"
-    cfg = RunConfig.from_dict(values, where=where)
     # Load the suite here, in the launching process, so a bad suite fails before anything starts.
-    cfg.validate_against_suite(load_suite(cfg.suite).task_names, where=where)
+    suite = load_suite(str(values.get("suite", defaults.get("suite", RunConfig.suite))))
+    values = dict(defaults) | {k: v for k, v in suite.defaults.items() if k in RunConfig.keys()} | values
+    cfg = RunConfig.from_dict(values, where=where)
+    cfg.validate_against_suite(suite.task_names, where=where)
     check_available(cfg.tracking)  # a missing TensorBoard / MLflow fails now, naming the extra
     return cfg.to_dict()
 
