@@ -13,12 +13,11 @@ does take its old place).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from coordinator.client_registry import ClientRegistryError, bind_identity, load_registry
 from coordinator.config import RunConfig
 from coordinator.messaging import Exchange, Outbox, error_text
 from coordinator.replies import Refused, read_query, short, unknown_tasks
@@ -34,23 +33,6 @@ def draw_order(seed: int, round_: int, key: object) -> str:
     return hashlib.blake2b(f"{seed}/{round_}/{key}".encode(), digest_size=8).hexdigest()
 
 
-def load_registry(path: str) -> dict[int, str]:
-    """node id -> registered client name, from the coordinator service's registry file; empty if
-    there is none (yet). Malformed entries are skipped."""
-    if not path:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    out: dict[int, str] = {}
-    if isinstance(data, dict):
-        for node, name in data.items():
-            if str(node).isdigit() and isinstance(name, str) and name:
-                out[int(node)] = name
-    return out
-
-
 class Roster:
     """The clients met so far, by node id, and the rules for admitting a new one."""
 
@@ -61,7 +43,6 @@ class Roster:
         self.clients: dict[int, ClientInfo] = {}
         self.unresponsive: dict[int, int] = {}  # node id -> round its query failed
         self.registry_path = cfg.client_registry
-        self.registry = load_registry(self.registry_path)
         self.unreported = RoundOutcome(round=-1, groups=[])  # joins and refusals outside a round
 
     # -- who is here -------------------------------------------------------------------------
@@ -108,7 +89,7 @@ class Roster:
         next_note = time.monotonic() + 5.0
         while len(self.clients) < count:
             online = exchange.node_ids()
-            unknown = [n for n in online if n not in self.clients and self._may_query(n, 0)]
+            unknown = [n for n in online if n not in self.clients]  # each pass asks again: no backoff here
             if self.cfg.fraction < 1.0:  # a sampling run: meet a batch, not the whole federation
                 unknown = sorted(unknown, key=lambda n: draw_order(self.cfg.seed, 0, n))
                 unknown = unknown[: max(2 * (count - len(self.clients)), math.ceil(self.cfg.fraction * len(online)))]
@@ -129,7 +110,7 @@ class Roster:
         """Query `nodes` and admit those whose answers are valid; the others are backed off."""
         # Give new nodes time to answer (a deployed node polls and starts a ClientApp process);
         # replies are collected as they come, so only a silent node costs the whole wait.
-        wait = min(max(self.cfg.round_timeout, 1.0), 60.0)
+        wait = min(max(self.cfg.round_timeout, 60.0), 120.0)
         answered, silent = exchange.send([outbox.query(n) for n in nodes], timeout=wait)
         online = set(exchange.node_ids())
         joined: list[ClientInfo] = []
@@ -173,24 +154,25 @@ class Roster:
         self.unreported = RoundOutcome(round=-1, groups=[])
 
     def _admit(self, info: ClientInfo, online: set[int]) -> str | None:
-        """Apply the identity rules; returns why the client is refused, or None (then it is in)."""
+        """Apply the identity rules (`coordinator.client_registry.bind_identity`); returns why the
+        client is refused, or None (then it is in). The registry is re-read at every join, so keys
+        registered or revoked while the coordinator runs count at once."""
         node = info.node_id
-        if self.registry_path:
-            if node not in self.registry:
-                self.registry = load_registry(self.registry_path)  # a key registered since
-            if node not in self.registry:
-                return f"node {node} is not in the client registry {self.registry_path}"
-            if info.name != self.registry[node]:
-                self.log(f"  node {node} reports the name {short(info.name)!r}; its key is registered as "
-                         f"{self.registry[node]!r}: using that")
-                info.name = self.registry[node]
+        try:
+            registry = load_registry(self.registry_path) if self.registry_path else None
+        except ClientRegistryError as exc:
+            return str(exc)  # a damaged registry fails closed
+        connected = {n: c.name for n, c in self.clients.items() if n in online and n != node}
+        identity = bind_identity(node, info.name, registry, connected)
+        if identity.refused:
+            return identity.refused
+        if identity.note:
+            self.log(f"  {identity.note}")
+        info.name = identity.name
         for other, known in list(self.clients.items()):
-            if known.name != info.name or other == node:
-                continue
-            if other in online:
-                return f"the name {info.name!r} is already used by node {other}, which is still connected"
-            del self.clients[other]  # the same client re-joined under a new node id
-            self.log(f"  {info.name} re-joined as node {node} (was node {other})")
+            if known.name == info.name and other != node:  # the same client, back under a new node id
+                del self.clients[other]
+                self.log(f"  {info.name} re-joined as node {node} (was node {other})")
         self.clients[node] = info
         return None
 

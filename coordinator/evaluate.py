@@ -69,7 +69,7 @@ def _pooled(totals: dict, tasks: list[str]) -> dict[str, dict[str, float]]:
 
 
 @lru_cache(maxsize=2)
-def _held_out(folder: str, suite_name: str):
+def held_out_data(folder: str, suite_name: str):
     from client.folder import read_client_dir  # the operator's folder has the client format
     from tasks.registry import load_suite
 
@@ -80,7 +80,7 @@ def evaluate_held_out(groups: list[TaskGroup], suite: Suite, cfg: RunConfig) -> 
     """The groups' models on the operator's own held-out folder (`evaluate-data`), per task."""
     from client.training import evaluate_multitask
 
-    data = _held_out(cfg.evaluate_data, cfg.suite)
+    data = held_out_data(cfg.evaluate_data, cfg.suite)
     metrics: dict[str, dict[str, float]] = {}
     for g in groups:
         tasks = [t for t in g.tasks if t in data]

@@ -27,10 +27,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.progress import marker_line, round_event
 from coordinator import evaluate as evaluation
 from coordinator import regroup
 from coordinator.affinity import AffinityBook
-from coordinator.checkpoint import capture_rng_state, load_latest_checkpoint, restore_rng_state, save_checkpoint
+from coordinator.checkpoint import (
+    CHECKPOINT_DIR,
+    CheckpointError,
+    capture_rng_state,
+    load_compatible_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from coordinator.config import ConfigError, RunConfig
 from coordinator.discovery import Roster
 from coordinator.groups import initial_model, split_groups
@@ -39,6 +47,7 @@ from coordinator.messaging import Exchange, Outbox
 from coordinator.record import ModelStore, progress_line
 from coordinator.schedule import assign, with_coverage
 from coordinator.state import RoundOutcome, TaskGroup
+from coordinator.tracking import Trackers, open_trackers
 from coordinator.train import TrainResults, train
 from strategies.merge_split import MergeSplitPlan
 from strategies.scheduler import SchedulerState
@@ -47,10 +56,6 @@ from tasks.models import split_state
 from tasks.registry import load_suite
 
 Log = Callable[[str], None]
-# Settings a resumed run must share with its checkpoint: they decide what the saved state means.
-RESUME_KEYS = ("suite", "mode", "seed", "data-seed", "split-round", "max-groups", "regroup-every", "regroup-rounds",
-               "affinity-signal", "affinity-average")
-
 
 @contextlib.contextmanager
 def _phase(outcome: RoundOutcome, name: str) -> Iterator[None]:
@@ -81,7 +86,13 @@ class Coordinator:
                                        max_relative_norm=cfg.max_update_ratio or None)
         self.history = History(config=cfg.to_dict(), tasks=self.tasks, suite=cfg.suite)
         self.models = ModelStore(self.out, cfg.suite, cfg.to_dict())
+        self.tracking = Trackers({})  # TensorBoard / MLflow, opened by run() (run-config key `tracking`)
         self.round = 0
+        if cfg.evaluate_data:
+            try:  # read and check the operator's folder now, not in the middle of round 1
+                evaluation.held_out_data(cfg.evaluate_data, cfg.suite)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"evaluate-data = {cfg.evaluate_data!r}: {exc}") from None
 
     # The groups and clients, for callers and tests.
     @property
@@ -98,6 +109,7 @@ class Coordinator:
     # ------------------------------------------------------------------ the run
     def run(self) -> History:
         start_round = self._resume() if self.cfg.resume else 0
+        self.tracking = open_trackers(self.cfg.tracking, self.out, self.cfg.to_dict(), self.tasks, log=self.log)
         self.roster.wait_for(self.exchange, Outbox(self.cfg, start_round), self.cfg.min_clients, self.cfg.min_clients_timeout)
         if start_round == 0:
             torch.manual_seed(self.cfg.seed)
@@ -110,11 +122,14 @@ class Coordinator:
             t0 = time.perf_counter()
             with _phase(outcome, "evaluate"):
                 self._evaluate(0, Outbox(self.cfg, 0), outcome)
+            with _phase(outcome, "record"):
+                self.models.save(self.groups, 0, outcome.metrics, outcome.evaluated)
             outcome.seconds = time.perf_counter() - t0
             self._record(outcome)
         for r in range(start_round + 1, self.cfg.rounds + 1):
             self.run_round(r)
         self.history.finish(self.out)
+        self.tracking.close()
         self.log(f"done: {self.cfg.rounds} rounds, results in {self.out}")
         return self.history
 
@@ -142,6 +157,8 @@ class Coordinator:
         with _phase(outcome, "evaluate"):
             if evaluation.due(self.cfg, r):
                 self._evaluate(r, outbox, outcome)  # the groups as trained this round, before regrouping
+        with _phase(outcome, "record"):  # the models as evaluated: what the round's metrics describe
+            self.models.save(self.groups, r, outcome.metrics, outcome.evaluated)
         with _phase(outcome, "regroup"):
             action = self.plan.action_after(r)
             if action == "split":
@@ -173,6 +190,8 @@ class Coordinator:
             body, heads = results.fusers[g.gid].result()
             g.set_weights(body, heads)
             g.rounds_trained += 1
+        for fuser in results.fusers.values():
+            fuser.close()  # spill files of the round, if any
         self._compute(results, outcome)
 
     def _compute(self, results: TrainResults, outcome: RoundOutcome) -> None:
@@ -217,10 +236,11 @@ class Coordinator:
     def _record(self, outcome: RoundOutcome) -> None:
         self.roster.report_into(outcome)
         with _phase(outcome, "record"):
-            self.history.add(outcome, self.out)
-            self.models.save(self.groups, outcome.round, outcome.metrics, outcome.evaluated)
+            entry = self.history.add(outcome, self.out)
             self._checkpoint(outcome.round)
+            self.tracking.log_round(entry)
         self.log(progress_line(outcome, self.cfg.rounds))
+        self.log(marker_line("round", **round_event(entry, self.cfg.rounds)))  # for tools (fedmtl.progress)
 
     def _checkpoint(self, r: int) -> None:
         s = self.state
@@ -243,21 +263,17 @@ class Coordinator:
             tensors[f"stash_{i}"] = {f"body.{n}": v for n, v in s.stash[k].items()}
         if s.merged_at is not None:
             tensors["merged_at"] = {f"body.{n}": v for n, v in s.merged_at.items()}
-        save_checkpoint(self.out / "checkpoints", r, state, tensors, keep=self.cfg.checkpoint_keep)
+        save_checkpoint(self.out / CHECKPOINT_DIR, r, state, tensors, keep=self.cfg.checkpoint_keep)
 
     def _resume(self) -> int:
-        ckpt = load_latest_checkpoint(self.out / "checkpoints")
+        try:  # verified, and written with this run's settings (or an older one that fits the suite)
+            ckpt = load_compatible_checkpoint(self.out / CHECKPOINT_DIR, self.cfg.to_dict(), self.suite)
+        except CheckpointError as exc:
+            raise ConfigError(str(exc)) from None
         if ckpt is None:
-            self.log(f"resume: no checkpoint under {self.out / 'checkpoints'}; starting from scratch")
+            self.log(f"resume: no checkpoint under {self.out / CHECKPOINT_DIR}; starting from scratch")
             return 0
         s = ckpt.state
-        saved = dict(s.get("config") or {})
-        now = self.cfg.to_dict()
-        changed = [k for k in RESUME_KEYS if k in saved and saved[k] != now[k]]
-        if changed:
-            detail = ", ".join(f"{k} = {now[k]!r} (checkpoint: {saved[k]!r})" for k in changed)
-            raise ConfigError(f"resume: the run config differs from the checkpoint's in {detail}; "
-                              "resume with the same settings, or start a fresh run in another --out")
         groups = []
         for meta in s["groups"]:
             body, heads = split_state(ckpt.tensors[f"group_{meta['gid']}"])

@@ -28,6 +28,7 @@ from tasks import protocol as P
 from tasks.models import split_state
 
 NPY_HEADER_SLACK = 4096  # bytes an .npy header may add to an array's raw size
+MAX_ENTRIES = 4096  # metrics (or listed tasks) one reply may carry
 MAX_TEXT = 200  # characters of a client-chosen string kept in logs and history
 
 
@@ -148,6 +149,8 @@ def read_query(reply: Message, sent: Sent, suite_tasks: list[str], max_examples:
         return Refused(problems)
     if not (len(tasks) == len(train) == len(test)):
         return Refused([f"{len(tasks)} tasks but {len(train)} train and {len(test)} test counts"])
+    if len(tasks) > MAX_ENTRIES:
+        return Refused([f"{len(tasks)} tasks listed, more than the {MAX_ENTRIES} a reply may carry"])
     if len(set(map(str, tasks))) != len(tasks):
         problems.append("a task is listed twice")
     held: list[str] = []
@@ -184,7 +187,7 @@ def unknown_tasks(reply: Message, suite_tasks: list[str]) -> list[str]:
 
 def read_train(
     reply: Message, sent: Sent, group: TaskGroup, client: ClientInfo, policy: ValidationPolicy,
-    max_metrics: int = 4096,
+    max_metrics: int = MAX_ENTRIES,
 ) -> TrainReply | Refused:
     """A train reply fit to fuse, or why not. `group` holds the weights the client was sent."""
     problems = _check_origin(reply, sent)
@@ -284,6 +287,8 @@ def read_evaluate(reply: Message, sent: Sent, client: ClientInfo) -> dict[str, d
     if problems:
         return Refused(problems)
     metrics = records[P.METRICS]
+    if len(metrics) > MAX_ENTRIES:
+        return Refused([f"metrics: {len(metrics)} entries, more than the {MAX_ENTRIES} a reply may carry"])
     asked = set(sent.tasks)
     names = (P.ACCURACY, P.LOSS, P.EXAMPLES)
     for key in metrics.keys():

@@ -14,6 +14,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from coordinator.config import RunConfig
 from coordinator.discovery import Roster
@@ -45,6 +46,7 @@ def training_config(cfg: RunConfig) -> dict:
         "batch-size": cfg.batch_size,
         "lr": cfg.lr,
         "momentum": cfg.momentum,
+        "optimizer": cfg.optimizer,
     }
 
 
@@ -54,8 +56,10 @@ def train(
 ) -> TrainResults:
     """Run the round's training; `measure(group)` gives the affinity settings for its messages."""
     groups = {w.group.gid: w.group for w in work}
+    spill = Path(cfg.out) / ".fusion-spill" / f"round-{outcome.round}"  # replies that arrive early wait here
     results = TrainResults(
-        fusers={gid: GroupFusion(g.body, g.heads, cfg.fusion, cfg.aggregator, cfg.trim_fraction, cfg.clip_norm)
+        fusers={gid: GroupFusion(g.body, g.heads, cfg.fusion, cfg.aggregator, cfg.trim_fraction, cfg.clip_norm,
+                                 spill_dir=spill / f"group-{gid}")
                 for gid, g in groups.items()},
         sampled=dict(_count(w.group.gid for w in work)),
     )
@@ -70,12 +74,15 @@ def train(
         for w in pending:
             tried[w.group.gid].add(w.node)
             load[w.node] += 1
+        for gid, fuser in results.fusers.items():  # the order the mean folds replies in: the order sent
+            fuser.expect([roster.name_of(w.node) for w in pending if w.group.gid == gid])
         outgoing = [outbox.train(w.node, w.group, w.tasks, extra[w.group.gid], attempt) for w in pending]
-        answered, silent = exchange.send(outgoing, timeout=cfg.round_timeout)
-        for sent, reply in answered:
+        pushed, refused = exchange.push(outgoing)
+        for sent, reply in exchange.collect(pushed, timeout=cfg.round_timeout):
             _take(sent, reply, groups[sent.gid], roster, policy, results, outcome)
-        for sent in silent:
+        for sent in refused + list(pushed.values()):
             name = roster.name_of(sent.node)
+            results.fusers[sent.gid].skip(name)
             outcome.dropped.append({"node": sent.node, "client": name, "group": sent.gid,
                                     "reason": f"no reply within {cfg.round_timeout:.0f}s"})
             outcome.events.append(f"client {name} did not answer group {sent.gid}")
@@ -90,7 +97,9 @@ def _take(sent: Sent, reply, group: TaskGroup, roster: Roster, policy: Validatio
           results: TrainResults, outcome: RoundOutcome) -> None:
     """Check one reply and fold it into its group's fuser, or record why not."""
     node, name = sent.node, roster.name_of(sent.node)
+    fuser = results.fusers[sent.gid]
     if reply.has_error():
+        fuser.skip(name)
         text = error_text(reply)
         outcome.errors.append({"node": node, "client": name, "group": sent.gid, "error": text})
         roster.log(f"  client {name} (node {node}) failed in group {sent.gid}: {text}")
@@ -98,12 +107,13 @@ def _take(sent: Sent, reply, group: TaskGroup, roster: Roster, policy: Validatio
     client = roster.clients.get(node)
     parsed = Refused([f"node {node} is not a known client"]) if client is None else read_train(reply, sent, group, client, policy)
     if isinstance(parsed, Refused):
+        fuser.skip(name)
         outcome.reject(node, name, sent.gid, parsed.reasons, "train")
         roster.log(f"  rejected reply of {name} (node {node}) for group {sent.gid}: {'; '.join(parsed.reasons[:3])}")
         return
     # Fusion weighs examples by what the client declared when it joined, never by more.
     parsed.update.examples = {t: min(int(n), client.train_examples.get(t, 0)) for t, n in parsed.update.examples.items()}
-    results.fusers[sent.gid].add(parsed.update, order=name)
+    fuser.add(parsed.update, key=name)
     parsed.update.body, parsed.update.heads = {}, {}  # folded: drop the tensors
     results.valid[sent.gid].append(parsed)
 

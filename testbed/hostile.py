@@ -14,6 +14,11 @@ A behaviour's prefix says which reply it forges: `q-` query, `t-` train, `e-` ev
 
 from __future__ import annotations
 
+import importlib
+import json
+import shutil
+from pathlib import Path
+
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -22,6 +27,8 @@ from client import app as honest
 from tasks import protocol as P
 
 BEHAVIOURS = {
+    # every message
+    "x-crash": "raises on every message (never joins: a reference for runs without it)",
     # query
     "q-no-info": "query reply without its info record",
     "q-lengths": "task and count lists of different lengths",
@@ -56,11 +63,28 @@ BEHAVIOURS = {
     "e-negative-loss": "loss -5",
     "e-foreign-task": "metrics for a task it was not asked about",
     "e-inflate-examples": "claims 10^9 test examples",
+    "e-many-metrics": "100,000 metric entries",
 }
 
 
-def _behaviours(context: Context, msg: Message) -> set[str]:
+PLAN_MODULE = "testbed.hostile_plan"  # written by `app_folder`: app bundles carry only *.py files
+
+
+def _node_settings(context: Context) -> dict:
+    """This node's hostile settings: its node config, or (simulation, where a node config holds only
+    partition-id and num-partitions) the plan file shipped inside the app folder, by partition."""
     node = dict(context.node_config)
+    if "hostile" not in node:
+        try:
+            plan = importlib.import_module(PLAN_MODULE).PLAN
+        except ModuleNotFoundError:
+            plan = {}
+        node |= plan.get(str(node.get("partition-id")), {})
+    return node
+
+
+def _behaviours(context: Context, msg: Message) -> set[str]:
+    node = _node_settings(context)
     wanted = {b.strip() for b in str(node.get("hostile", "") or "").split(",") if b.strip()}
     unknown = wanted - set(BEHAVIOURS)
     if unknown:
@@ -68,6 +92,11 @@ def _behaviours(context: Context, msg: Message) -> set[str]:
     only = int(node.get("hostile-round", 0) or 0)
     this = int(dict(msg.content[P.CONFIG]).get("round", 0)) if P.CONFIG in msg.content else 0
     return wanted if not only or only == this else set()
+
+
+def _maybe_crash(evil: set[str]) -> None:
+    if "x-crash" in evil:
+        raise RuntimeError("hostile client: x-crash")
 
 
 def _rebuild(reply: Message, msg: Message, records: dict) -> Message:
@@ -80,6 +109,7 @@ app = ClientApp()
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     evil = _behaviours(context, msg)
+    _maybe_crash(evil)
     reply = honest.query(msg, context)
     info = dict(reply.content[P.INFO])
     if "q-no-info" in evil:
@@ -92,7 +122,7 @@ def query(msg: Message, context: Context) -> Message:
         info["tasks"] = list(range(len(info["tasks"])))
         info["train-examples"] = [str(n) for n in info["train-examples"]]
     if "q-steal-name" in evil:
-        info["name"] = str(context.node_config.get("steal-name", "partition-0"))
+        info["name"] = str(_node_settings(context).get("steal-name", "partition-0"))
     if "q-long-name" in evil:
         info["name"] = "x" * 100_000
     return _rebuild(reply, msg, {P.INFO: ConfigRecord(info)})
@@ -101,6 +131,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     evil = _behaviours(context, msg)
+    _maybe_crash(evil)
     reply = honest.train(msg, context)
     if not evil:
         return reply
@@ -170,6 +201,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     evil = _behaviours(context, msg)
+    _maybe_crash(evil)
     reply = honest.evaluate(msg, context)
     if not evil:
         return reply
@@ -185,10 +217,31 @@ def evaluate(msg: Message, context: Context) -> Message:
         metrics |= {"accuracy.ghost": 1.0, "loss.ghost": 0.0, "examples.ghost": 10.0}
     if "e-inflate-examples" in evil:
         metrics |= {P.task_key(P.EXAMPLES, t): 1e9 for t in tasks}
+    if "e-many-metrics" in evil:
+        metrics |= {f"junk.{i}": float(i) for i in range(100_000)}
     return _rebuild(reply, msg, {P.METRICS: MetricRecord(metrics)})
 
 
 def honest_twin(behaviour: str) -> bool:
     """Behaviours whose reply is valid (the coordinator must accept and use it)."""
     return behaviour == "t-reordered"
+
+
+def app_folder(project: Path, dst: Path, plan: dict[int, dict]) -> Path:
+    """A copy of the Flower app whose ClientApp is this hostile one, with `plan` (partition ->
+    {"hostile": ..., ...}) shipped beside it: for runs through real Flower processes (the
+    simulation engine, or SuperNodes) where node configs cannot carry the behaviours."""
+    dst = Path(dst)
+    for pkg in ("fedmtl", "coordinator", "client", "launch", "strategies", "tasks", "common", "testbed"):
+        shutil.copytree(Path(project) / pkg, dst / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "data"))
+    if (Path(project) / "tasks" / "data").is_dir():
+        shutil.copytree(Path(project) / "tasks" / "data", dst / "tasks" / "data")
+    pyproject = (Path(project) / "pyproject.toml").read_text()
+    pyproject = pyproject.replace('clientapp = "client.app:app"', 'clientapp = "testbed.hostile:app"')
+    assert 'clientapp = "testbed.hostile:app"' in pyproject
+    (dst / "pyproject.toml").write_text(pyproject)
+    (dst / "README.md").write_text("hostile fedmtl app (tests only)\n")
+    plan_text = json.dumps({str(k): v for k, v in plan.items()}, indent=1)
+    (dst / "testbed" / "hostile_plan.py").write_text(f'"""Hostile behaviours by partition (tests only)."""\n\nPLAN = {plan_text}\n')
+    return dst
 

@@ -11,19 +11,19 @@ from testbed.inprocess import InProcessGrid
 
 HONEST = 4
 PARTITIONS = 40  # fixed, so honest clients hold the same data in every run
-TRAIN = sorted(b for b in hostile.BEHAVIOURS if b.startswith("t-") and not hostile.honest_twin(b))
+TRAIN = sorted(b for b in hostile.BEHAVIOURS if b.startswith("t-") and not hostile.honest_twin(b) and b != "t-wrong-reply")
 EVALUATE = sorted(b for b in hostile.BEHAVIOURS if b.startswith("e-"))
 QUERY = sorted(b for b in hostile.BEHAVIOURS if b.startswith("q-") and b != "q-steal-name")
 
 
-def _run(tmp_path, behaviours: list[str], **overrides):
+def _run(tmp_path, behaviours: list[str], honest: int = HONEST, **overrides):
     """HONEST honest clients plus one hostile client per behaviour; returns (coordinator, history, grid)."""
-    n = HONEST + len(behaviours)
-    configs = [{"partition-id": i, "num-partitions": PARTITIONS} for i in range(HONEST)]
+    n = honest + len(behaviours)
+    configs = [{"partition-id": i, "num-partitions": PARTITIONS} for i in range(honest)]
     configs += [{"partition-id": HONEST + i, "num-partitions": PARTITIONS, "hostile": b, "steal-name": "partition-0"}
                 for i, b in enumerate(behaviours)]
-    cfg = RunConfig.from_dict({"suite": "tiny", "rounds": 2, "min-clients": HONEST, "out": str(tmp_path), "plots": False,
-                               "affinity-every": 0, "local-steps": 3, "quorum": 0.1, "round-timeout": 6.0} | overrides)
+    cfg = RunConfig.from_dict({"suite": "tiny", "rounds": 2, "min-clients": honest, "out": str(tmp_path), "plots": False,
+                               "affinity-every": 0, "local-steps": 3, "quorum": 0.1, "round-timeout": 300.0} | overrides)
     grid = InProcessGrid(n, node_configs=configs, client_app=hostile.app)
     coordinator = Coordinator(grid, cfg, log=lambda line: None)
     return coordinator, coordinator.run(), grid
@@ -54,8 +54,7 @@ def test_forged_train_and_evaluate_replies_are_refused_named_and_change_nothing(
         for kind in ("train", "evaluate"):
             refused = {e["client"] for e in entry["rejected"] if e["kind"] == kind}
             dropped = {e["client"] for e in entry["dropped"]}
-            # every hostile client is named (a reply that answers no message counts as no reply)
-            assert refused | (dropped if kind == "train" else set()) == hostile_names, (r, kind, sorted(hostile_names - refused))
+            assert refused == hostile_names and not dropped, (r, kind, sorted(hostile_names - refused), dropped)
         for e in entry["rejected"]:
             assert e["reasons"] and all(isinstance(x, str) and x for x in e["reasons"]), e
         assert entry["metrics"] == ref_history.rounds[r]["metrics"]
@@ -101,3 +100,12 @@ def test_valid_reply_with_keys_in_another_order_is_fused(tmp_path, reference):
     entry = history.rounds[1]
     assert not entry["rejected"] and len(entry["clients"]) == HONEST + 1
     assert all(torch.isfinite(v).all() for g in coordinator.groups for v in g.tensors().values())
+
+
+def test_a_reply_that_answers_no_message_is_not_used(tmp_path):
+    """A reply whose reply-to id matches nothing the coordinator sent is ignored: the client
+    counts as not answering (dropped after the round timeout), and the round goes on."""
+    _, history, _ = _run(tmp_path, ["t-wrong-reply"], honest=2, rounds=1, **{"round-timeout": 15.0, "min-clients": 2})
+    entry = history.rounds[1]
+    assert [e["client"] for e in entry["dropped"]] == [f"partition-{HONEST}"]
+    assert entry["clients"] == ["partition-0", "partition-1"]

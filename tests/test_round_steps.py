@@ -144,3 +144,16 @@ def test_with_a_client_registry_names_come_from_registered_keys(tmp_path):
     assert sorted(c.name for c in coordinator.clients.values()) == ["alice", "bob"]
     refused = [e for r in history.rounds for e in r["rejected"] if e["kind"] == "query"]
     assert [e["node"] for e in refused] == [nodes[2]] and "not in the client registry" in refused[0]["reasons"][0]
+
+
+def test_the_coordinator_also_scores_a_held_out_folder_it_owns(tmp_path):
+    from client.folder import prepare_client_dirs
+    from tasks.registry import load_suite
+
+    held_out = prepare_client_dirs(load_suite("tiny"), 1, tmp_path / "operator", seed=7)[0]
+    coordinator, history, _ = _run(tmp_path / "out", rounds=1, **{"evaluate-data": str(held_out)})
+    for r in history.rounds:
+        assert set(r["held_out"]) == set(coordinator.tasks)
+        assert all(0.0 <= m["accuracy"] <= 1.0 and m["examples"] > 0 for m in r["held_out"].values())
+    with pytest.raises(ConfigError, match="evaluate-data"):
+        _run(tmp_path / "bad", rounds=1, **{"evaluate-data": str(tmp_path / "nowhere")})
