@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import adapters as A
 import benchlib as B
 
 HERE = Path(__file__).resolve().parent
@@ -46,6 +47,7 @@ class Bench:
     title: str
     claim: str
     ours: bool = True  # written in this folder's result format
+    quick_args: tuple[str, ...] = ()  # with --quick, when the script has no --quick but takes these flags
 
 
 BENCHES = [  # in the order of issue #10
@@ -63,7 +65,7 @@ BENCHES = [  # in the order of issue #10
     Bench("grouping", "bench_grouping.py", "7. Grouping search speed",
           "The exact search gives brute force's answers, much faster."),
     Bench("affinity", "bench_affinity.py", "8. Affinity measurement cost",
-          "Measurement at most 10% of client training compute.", ours=False),
+          "Measurement at most 10% of client training compute.", ours=False, quick_args=("--skip", "sketch,exact,mas")),
 ]
 RUN_ORDER = ["grouping", "recovery", "quality", "overhead", "fusion", "affinity", "deployment", "scale"]
 
@@ -87,8 +89,10 @@ def run_bench(bench: Bench, out: Path, quick: bool, extra: list[str], timeout: f
     cmd = [sys.executable, str(script)]
     if quick and "--quick" in flags:
         cmd.append("--quick")
-    if "--out" in flags:
-        cmd += ["--out", str(out)]
+    elif quick and bench.quick_args and bench.quick_args[0] in flags:
+        cmd += list(bench.quick_args)
+    if "--out" in flags:  # relative to the repository (the commands shown in the report are re-runnable there)
+        cmd += ["--out", os.path.relpath(out, B.REPO) if out.resolve().is_relative_to(B.REPO) else str(out)]
     cmd += extra
     shown = shlex.join(["python", str(script.relative_to(B.REPO)), *cmd[2:]]).replace(str(B.REPO) + os.sep, "")
     out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +113,8 @@ def run_bench(bench: Bench, out: Path, quick: bool, extra: list[str], timeout: f
     rc = proc.wait()
     (out / "stdout.txt").write_text("\n".join(lines) + "\n")
     record = {"name": bench.name, "status": "ok" if rc == 0 else f"exit {rc}", "command": shown, "started": started,
-              "seconds": round(time.perf_counter() - start, 1), "rc": rc}
+              "seconds": round(time.perf_counter() - start, 1), "rc": rc, "fedmtl_commit": B.git_commit(),
+              "machine": B.machine_info(), "versions": B.versions()}
     (out / "run_all.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"[run_all] {bench.name}: {record['status']} in {record['seconds']:.0f}s", flush=True)
     return record
@@ -124,44 +129,6 @@ def newest_json(folder: Path, name: str) -> Path | None:
     return found[-1] if found else None
 
 
-def _scalars(d: dict[str, Any], prefix: str = "", depth: int = 2) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and depth > 1:
-            out |= _scalars(v, f"{prefix}{k}.", depth - 1)
-        elif isinstance(v, (int, float, str, bool)) or v is None:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def foreign_tables(data: Any) -> list[dict[str, Any]]:
-    """Tables from a JSON document in another format: its top-level numbers, and every dict of
-    records or list of records as rows (scalar fields, up to two levels deep)."""
-    if not isinstance(data, dict):
-        return []
-    if isinstance(data.get("tables"), list) and all(isinstance(t, dict) and "rows" in t for t in data["tables"]):
-        return data["tables"]
-    skip = {"machine", "versions"}
-    tables = []
-    top = {k: v for k, v in data.items() if k not in skip and (isinstance(v, (int, float, bool)) or
-                                                               (isinstance(v, str) and len(v) < 200))}
-    if top:
-        tables.append(B.table("settings and headline numbers", ["key", "value"], [[k, v] for k, v in top.items()]))
-    for key, value in data.items():
-        records: list[tuple[str, dict]] = []
-        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-            records = list(value.items())
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            records = [(str(i), v) for i, v in enumerate(value)]
-        if key in skip or not records:
-            continue
-        flat = [(name, _scalars(rec)) for name, rec in records[:40]]
-        cols = list(dict.fromkeys(c for _, f in flat for c in f))[:12]
-        if cols:
-            tables.append(B.table(key, [key, *cols], [[name, *[f.get(c) for c in cols]] for name, f in flat]))
-    return tables
-
-
 def keep_blocks(doc: Path) -> dict[str, str]:
     if not doc.is_file():
         return {}
@@ -172,38 +139,46 @@ def _rel(path: Path, doc: Path) -> str:
     return os.path.relpath(path, doc.parent).replace(os.sep, "/")
 
 
-def _machine_line(report: dict[str, Any]) -> str:
-    m, v = report.get("machine") or {}, report.get("versions") or {}
-    return (f"{m.get('usable_cores')} of {m.get('cores')} cores ({m.get('cpu')}), {m.get('memory_gib')} GiB, load "
-            f"{' '.join(str(x) for x in m.get('load_average', []))} at start; python {v.get('python')}, torch "
-            f"{v.get('torch')}, flwr {v.get('flwr')}, ray {v.get('ray')}; fedmtl {v.get('fedmtl_commit')}")
+def _where(data: dict[str, Any], rec: dict[str, Any]) -> str:
+    """Where-it-ran line: the result's own machine/versions, else what run_all recorded beside it."""
+    merged = dict(rec)
+    for key in ("machine", "versions"):
+        merged[key] = (rec.get(key) or {}) | (data.get(key) or {})
+    if rec.get("fedmtl_commit") and not (merged["versions"] or {}).get("fedmtl_commit"):
+        merged["versions"]["fedmtl_commit"] = rec["fedmtl_commit"]
+    return A.machine_line(merged)
 
 
-def result_lines(bench: Bench, path: Path, folder: Path, rec: dict[str, Any], doc: Path) -> list[str]:
-    """One result file as markdown: where it came from, its tables and plots."""
-    sec: list[str] = []
+def result_lines(bench: Bench, path: Path, folder: Path, rec: dict[str, Any], doc: Path) -> tuple[list[str], list]:
+    """One result file as markdown (where it came from, its tables and plots), and its target rows."""
     data = json.loads(path.read_text())
-    if bench.ours or "command" in data:
-        sec += [f"Command: `{data.get('command', rec.get('command', '?'))}`  ", f"Date: {data.get('date', '?')}"
-                f"{' to ' + data['finished'] if data.get('finished') else ''}  ",
-                f"Ran on: {_machine_line(data)}  ", f"Result: [{path.name}]({_rel(path, doc)})", ""]
-    elif rec:
-        sec += [f"Command: `{rec.get('command')}`  ", f"Date: {rec.get('started')}  ",
-                f"Result: [{path.name}]({_rel(path, doc)})", ""]
-    for note in data.get("notes", []) if isinstance(data, dict) else []:
+    if not isinstance(data, dict):
+        data = {"value": data}
+    command = data.get("command") or rec.get("command", "?")
+    date = data.get("date") or rec.get("started", "?")
+    finished = data.get("finished")
+    took = f" ({rec['seconds']:.0f} s under run_all)" if rec.get("seconds") else ""
+    sec = [f"Command: `{command}`  ", f"Date: {date}{' to ' + finished if finished else ''}{took}  ",
+           f"Ran on: {_where(data, rec)}  ", f"Result: [{path.name}]({_rel(path, doc)})", ""]
+    view = ({"tables": data.get("tables") or [], "targets": data.get("targets") or [], "plots": data.get("plots") or []}
+            if bench.ours else A.view(bench.name, data, folder))
+    for note in [*(data.get("notes") or []), *view.get("notes", [])]:
         sec += [f"> {note}", ""]
-    tables = data.get("tables") if bench.ours else foreign_tables(data)
-    for t in tables or []:
+    for t in view["tables"]:
         sec += [f"**{t['title']}**" if t.get("title") else "", "", B.markdown_table(t), ""]
         if t.get("note"):
             sec += [f"_{t['note']}_", ""]
-    for plot in data.get("plots", []) if isinstance(data, dict) else []:
+    for plot in view["plots"]:
         if (path.parent / plot).is_file():
             sec += [f"![{plot}]({_rel(path.parent / plot, doc)})", ""]
     if not bench.ours and (folder / "stdout.txt").is_file():
-        sec += ["What it printed (last lines):", "", "```",
-                *(folder / "stdout.txt").read_text().splitlines()[-40:], "```", ""]
-    return sec
+        sec += stdout_lines(folder, 40)
+    return sec, list(view["targets"])
+
+
+def stdout_lines(folder: Path, n: int) -> list[str]:
+    return ["What it printed (last lines):", "", "```", *(folder / "stdout.txt").read_text().splitlines()[-n:],
+            "```", ""]
 
 
 def render(results: Path, doc: Path, records: dict[str, dict[str, Any]], quick: bool, command: str) -> str:
@@ -223,50 +198,77 @@ def render(results: Path, doc: Path, records: dict[str, dict[str, Any]], quick: 
         out += ["<!-- keep:intro -->", kept["intro"].rstrip("\n"), "<!-- /keep:intro -->", ""]
     targets: list[list[Any]] = []
     sections: list[str] = []
+    commands: list[str] = []
     for bench in BENCHES:
         folder = results / bench.name
-        rec = records.get(bench.name) or (json.loads((folder / "run_all.json").read_text())
-                                          if (folder / "run_all.json").is_file() else {})
+        rec = records.get(bench.name) or _read_record(folder)
         path = newest_json(folder, bench.name) if folder.is_dir() else None
         sec = [f"## {bench.title}", "", f"Claim / target: {bench.claim}", ""]
-        sec += ([f"<!-- keep:{bench.name} -->", kept[bench.name].rstrip("\n"), f"<!-- /keep:{bench.name} -->", ""]
-                if bench.name in kept else [f"<!-- keep:{bench.name} -->", f"<!-- /keep:{bench.name} -->", ""])
+        sec += _kept(kept, bench.name, always=True)
         if path is None:
             status = rec.get("status", "not run")
-            why = ("its script is not in this checkout yet (owned by another change)" if status == "missing"
-                   else f"no result ({status})")
-            sec += [f"_No figures: {why}._", ""]
-            if (folder / "stdout.txt").is_file():
-                sec += ["Last output lines:", "", "```", *(folder / "stdout.txt").read_text().splitlines()[-25:], "```", ""]
-            sections.append("\n".join(sec))
+            if status == "missing":
+                sec += ["_No figures: its script is not in this checkout yet (owned by another change)._", ""]
+            elif status == "ok" and (folder / "stdout.txt").is_file():  # a script that prints, writes no file
+                sec += [f"Command: `{rec.get('command')}`  ", f"Date: {rec.get('started')} ({rec.get('seconds', 0):.0f} s)  ",
+                        f"Ran on: {_where({}, rec)}", "", *stdout_lines(folder, 60)]
+                commands.append(rec.get("command", ""))
+            else:
+                sec += [f"_No figures: no result ({status})._", ""]
+                if (folder / "stdout.txt").is_file():
+                    sec += stdout_lines(folder, 25)
+            sections.append("\n".join(sec + _see_also(bench, doc)))
             continue
-        sec += result_lines(bench, path, folder, rec, doc)
+        lines, rows = result_lines(bench, path, folder, rec, doc)
+        sec += lines
+        targets += [[bench.title, *row] for row in rows]
+        commands.append(_command_of(path, rec))
         for variant in sorted(results.glob(f"{bench.name}-*")):
             vpath = newest_json(variant, bench.name)
-            if vpath is not None:
-                suffix = variant.name[len(bench.name) + 1:]
-                sec += [f"### Variant: {suffix}", ""]
-                if f"{bench.name}-{suffix}" in kept:
-                    sec += [f"<!-- keep:{bench.name}-{suffix} -->", kept[f"{bench.name}-{suffix}"].rstrip("\n"),
-                            f"<!-- /keep:{bench.name}-{suffix} -->", ""]
-                sec += result_lines(bench, vpath, variant, {}, doc)
-        for other in sorted(DOCS.glob(f"*{bench.name}*.md")):
-            if other.resolve() != doc.resolve():
-                sec += [f"See also [{other.name}]({_rel(other, doc)}).", ""]
-        data = json.loads(path.read_text())
-        for row in (data.get("targets") or []) if isinstance(data, dict) else []:
-            targets.append([bench.title, *row])
-        sections.append("\n".join(sec))
+            if vpath is None:
+                continue
+            suffix = variant.name[len(bench.name) + 1:]
+            vrec = _read_record(variant)
+            sec += [f"### Variant: {suffix}", "", *_kept(kept, f"{bench.name}-{suffix}")]
+            lines, rows = result_lines(bench, vpath, variant, vrec, doc)
+            sec += lines
+            targets += [[f"{bench.title} ({suffix})", *row] for row in rows]
+            commands.append(_command_of(vpath, vrec))
+        sections.append("\n".join(sec + _see_also(bench, doc)))
     if targets:
         out += ["## Targets at a glance", "", B.markdown_table(B.table("", ["benchmark", "target", "result", "verdict"],
                                                                         targets)), ""]
-    out += ["## Reproduce", "", "```bash",
-            "# everything, full size (hours on 2 cores); --quick for the smoke sizes",
-            "python benchmarks/run_all.py",
-            *[f"python benchmarks/{b.script} --out docs/benchmarks/results/{b.name}" for b in BENCHES
-              if (HERE / b.script).is_file()],
-            "python benchmarks/run_all.py --render-only   # rebuild this page from the results", "```", ""]
+    out += ["## Reproduce", "", "The commands that produced the figures on this page (from the repository root; "
+            "on a shared machine wrap each in `flock /tmp/fedmtl-cpu.lock`):", "", "```bash",
+            *[c for c in commands if c],
+            "python benchmarks/run_all.py --render-only   # rebuild this page from the results on disk",
+            "```", "", "Everything at once, at the benchmarks' default sizes (hours on 2 cores): "
+            "`python benchmarks/run_all.py`; smoke sizes (minutes): `python benchmarks/run_all.py --quick`.", ""]
     return "\n".join(out + sections)
+
+
+def _read_record(folder: Path) -> dict[str, Any]:
+    path = folder / "run_all.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _command_of(path: Path, rec: dict[str, Any]) -> str:
+    data = json.loads(path.read_text())
+    command = (data.get("command") if isinstance(data, dict) else None) or rec.get("command", "")
+    return command.replace(str(B.REPO) + os.sep, "").replace(sys.executable, "python")
+
+
+def _kept(kept: dict[str, str], name: str, always: bool = False) -> list[str]:
+    """A findings block carried over from the existing page (an empty one for each benchmark, to fill in)."""
+    if name not in kept and not always:
+        return []
+    return [f"<!-- keep:{name} -->", *([kept[name].rstrip("\n")] if kept.get(name, "").strip() else []),
+            f"<!-- /keep:{name} -->", ""]
+
+
+def _see_also(bench: Bench, doc: Path) -> list[str]:
+    return [f"See also [{other.name}]({_rel(other, doc)})." for other in sorted(DOCS.glob(f"*{bench.name}*.md"))
+            if other.resolve() != doc.resolve()] + [""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,3 +54,28 @@ def test_quick_recovery_benchmark_writes_a_report_run_all_can_render(tmp_path):
     assert "## 2. Grouping recovery" in text and "| task mix |" in text
     assert report["command"] in text
     assert "_No figures: no result (not run)._" in text  # e.g. quality: not run here, said so
+
+
+def test_fusion_adapter_reads_bench_fusion_rows_against_the_issue_targets(tmp_path):
+    """bench_fusion.py writes its own format; the report turns its rows into the two targets."""
+    from adapters import machine_line, view
+
+    def row(impl, agg, k, ratio, peak):
+        return {"impl": impl, "aggregator": agg, "p": 1_000_000, "k": k, "fuse_gbps": 1.0, "numpy_gbps": 1.0,
+                "ratio_numpy": ratio, "torch_gbps": 1.0, "peak_mb": peak, "update_mb": 4.0}
+
+    rows = [row("streaming", "mean", 8, 1.2, 10.0), row("streaming", "mean", 128, 1.7, 12.0),
+            row("streaming", "median", 8, 9.0, 10.0), row("streaming", "median", 128, 9.0, 500.0),
+            {"impl": "harness", "aggregator": "none", "p": 1_000_000, "k": 8, "numpy_gbps": 1.0, "peak_mb": 5.0,
+             "update_mb": 4.0}]
+    (tmp_path / "fusion.png").write_bytes(b"png")
+    out = view("fusion", {"rows": rows, "machine": {"cores": 2, "cpu": "x", "mem_gb": 25.3}}, tmp_path)
+    targets = {t[0]: t for t in out["targets"]}
+    speed = targets["streaming mean within 1.5x of a numpy sum"]
+    assert speed[2] == "not met" and "1.70x" in speed[1]
+    assert targets["peak memory does not grow linearly with K (mean fusers)"][2] == "met"
+    robust = targets["peak memory does not grow linearly with K (robust fusers, replies spilled to disk)"]
+    assert robust[2] == "not met" and "1.02x" in robust[1]  # (500 - 10) / 120 / 4 MB: every update held
+    assert out["plots"] == ["fusion.png"]
+    assert all(len(r) == len(t["columns"]) for t in out["tables"] for r in t["rows"])
+    assert "2 cores (x); 23.6 GiB" in machine_line({"machine": {"cores": 2, "cpu": "x", "mem_gb": 25.3}})
