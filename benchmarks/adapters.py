@@ -110,7 +110,38 @@ def fusion_view(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     return {"tables": tables, "targets": targets, "plots": sorted(p.name for p in folder.glob("*.png"))}
 
 
-ADAPTERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"fusion": fusion_view}
+# ----------------------------------------------------------------------------- deployment (bench_deployment.py)
+def deployment_view(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """bench_deployment.py's variants: seconds per round beyond the clients' own compute and where
+    a message's time goes; the target (at most 2 s a round) per variant."""
+    out = generic_view(data, folder)
+    variants = data.get("variants") or {}
+    rows, split_rows, targets = [], [], []
+    for name, v in variants.items():
+        summ = (v or {}).get("summary") or {}
+        if not summ:
+            rows.append([name, (v or {}).get("error") or "no summary", *[None] * 5])
+            continue
+        rows.append([name, summ.get("rounds"), summ.get("round_seconds"), summ.get("critical_compute"),
+                     summ.get("overhead"), summ.get("overhead_vs_sum"), summ.get("coord_gap")])
+        per = summ.get("per_message") or {}
+        split_rows.append([name, *[per.get(k) for k in ("deliver", "download", "launch", "startup", "handler", "reply")]])
+        if isinstance(summ.get("overhead"), (int, float)):
+            targets.append([f"deployed round overhead at most 2 s ({name})", f"{summ['overhead']:.2f} s a round",
+                            "met" if summ["overhead"] <= 2.0 else "not met"])
+    if rows:
+        out["tables"] = [B.table("Deployed rounds: seconds per round beyond the clients' own compute",
+                                 ["variant", "rounds", "round s", "critical client compute s", "overhead s",
+                                  "round - summed training s", "coordinator gaps s"], rows),
+                         B.table("Where a message's time goes (mean seconds per message)",
+                                 ["variant", "deliver", "download", "launch", "startup", "handler", "reply"],
+                                 split_rows)] + out["tables"]
+    out["targets"] = targets
+    return out
+
+
+ADAPTERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"fusion": fusion_view,
+                                                                          "deployment": deployment_view}
 
 
 def view(name: str, data: Any, folder: Path) -> dict[str, Any]:
@@ -129,14 +160,15 @@ def view(name: str, data: Any, folder: Path) -> dict[str, Any]:
 def machine_line(data: dict[str, Any]) -> str:
     """Where a run ran, from this folder's `machine`/`versions` or another script's own keys."""
     m, v = data.get("machine") or {}, data.get("versions") or {}
-    cores = m.get("cores")
+    cores = m.get("cores") or m.get("cpus")
     usable = m.get("usable_cores")
     mem = m.get("memory_gib") or (round(m["mem_gb"] * 1e9 / 2**30, 1) if m.get("mem_gb") else None)
     parts = [f"{f'{usable} of ' if usable else ''}{cores} cores ({m.get('cpu')})" if cores else None,
              f"{mem} GiB" if mem else None,
-             ("load " + " ".join(str(x) for x in m["load_average"]) + " at start") if m.get("load_average") else None]
+             ("load " + " ".join(f"{x:.2f}" for x in load) + " at start") if (load := m.get("load_average") or
+                                                                               m.get("load_avg")) else None]
     vers = {k: v.get(k, m.get(k)) for k in ("python", "torch", "flwr", "ray", "numpy")}
     parts += [", ".join(f"{k} {x}" for k, x in vers.items() if x)]
-    if v.get("fedmtl_commit"):
-        parts.append(f"fedmtl {v['fedmtl_commit']}")
+    if v.get("fedmtl_commit") or m.get("commit"):
+        parts.append(f"fedmtl {v.get('fedmtl_commit') or m.get('commit')}")
     return "; ".join(p for p in parts if p) or "(not recorded)"
