@@ -22,13 +22,31 @@ No Flower import anywhere in this package.
 
 from strategies.affinity.bodygrad import Batch, LossFn
 from strategies.affinity.cosine import cosine_matrix, gradient_cosine
+from strategies.affinity.coverage import PairCoverage, gradient_coverage, virtual_step_coverage
+from strategies.affinity.firstorder import first_order_lookahead, gradient_affinity
 from strategies.affinity.lookahead import lookahead_affinity, measure_affinity, measure_both
-from strategies.affinity.names import COVERAGE_KINDS, CROSS_CLIENT, METHODS, NEVER, SAME_CLIENT, SIGNALS
+from strategies.affinity.names import (
+    COVERAGE_KINDS, CROSS_CLIENT, METHODS, NEVER, SAME_CLIENT, SIGNALS, check_method, measures_gradients,
+    measures_virtual_step,
+)
+from strategies.affinity.pooling import (
+    POOLINGS, CombinedStats, PooledGradients, combine_virtual_stats, pool_gradients, pool_virtual_signals,
+)
+from strategies.affinity.reports import GradientReport, has_gradient_report
+from strategies.affinity.rounds import RoundAffinity, round_affinity
+from strategies.affinity.sketch import CountSketch, sketch_dim, sketch_seed
 from strategies.affinity.stats import AffinityStats
+from strategies.affinity.summaries import TaskGradients, body_num_params
 from strategies.affinity.tracker import TRACKER_MODES, AffinityTracker
+from strategies.affinity.validation import max_virtual_measurements, validate_affinity_stats, validate_gradient_report
 
 __all__ = [
-    "AffinityStats", "AffinityTracker", "Batch", "COVERAGE_KINDS", "CROSS_CLIENT", "LossFn", "METHODS", "NEVER",
-    "SAME_CLIENT", "SIGNALS", "TRACKER_MODES", "cosine_matrix", "gradient_cosine", "lookahead_affinity",
-    "measure_affinity", "measure_both",
+    "AffinityStats", "AffinityTracker", "Batch", "COVERAGE_KINDS", "CROSS_CLIENT", "CombinedStats", "CountSketch",
+    "GradientReport", "LossFn", "METHODS", "NEVER", "POOLINGS", "PairCoverage", "PooledGradients", "RoundAffinity",
+    "SAME_CLIENT", "SIGNALS", "TRACKER_MODES", "TaskGradients", "body_num_params", "check_method",
+    "combine_virtual_stats", "cosine_matrix", "first_order_lookahead", "gradient_affinity", "gradient_coverage",
+    "gradient_cosine", "has_gradient_report", "lookahead_affinity", "max_virtual_measurements", "measure_affinity",
+    "measure_both", "measures_gradients", "measures_virtual_step", "pool_gradients", "pool_virtual_signals",
+    "round_affinity", "sketch_dim", "sketch_seed", "validate_affinity_stats", "validate_gradient_report",
+    "virtual_step_coverage",
 ]
