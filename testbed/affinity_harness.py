@@ -212,8 +212,7 @@ def run_affinity_federation(
         if measuring:
             ra = round_affinity(tasks, cfg.method, cfg.lr, reports, virtual, cfg.affinity_pooling)
             result.rounds.append(ra)
-            for s, tr in trackers.items():
-                tr.update(ra.matrices[s], round=r)
+            ra.feed(trackers, round=r)
         if r == cfg.split_round:
             result.tracked = {s: tr.matrix() for s, tr in trackers.items()}
             result.groupings = {s: best_grouping(m, cfg.max_groups, tasks).as_lists() for s, m in result.tracked.items()}

@@ -101,3 +101,23 @@ def test_virtual_stats_mean_is_exact_and_robust_takes_the_median_of_client_means
     ra = round_affinity(tasks, "virtual-step", 0.1, virtual_stats=[{"lookahead": s} for s in honest])
     assert ra.source == "virtual-step" and ra.coverage.kind("a", "b") == "same-client" and ra.coverage.count("a", "b") == 3
     assert np.isnan(ra.matrices["cosine"][0, 1])  # no client sent cosine stats
+
+
+def test_tracker_weights_rounds_per_pair_and_round_trips() -> None:
+    import json
+
+    from strategies.affinity import AffinityTracker
+
+    for mode in ("mean", "window"):
+        tr = AffinityTracker(["a", "b"], mode, window=3)
+        tr.update(np.array([[1.0, 0.0], [0.0, 1.0]]), round=0, weights=np.array([[1.0, 1.0], [1.0, 1.0]]))
+        tr.update(np.array([[1.0, 0.9], [0.9, 1.0]]), round=1, weights=np.array([[1.0, 3.0], [3.0, 1.0]]))
+        assert tr.matrix()[0, 1] == pytest.approx(0.675)  # (0 * 1 + 0.9 * 3) / 4
+        back = AffinityTracker.from_dict(json.loads(json.dumps(tr.to_dict())))
+        back.update(np.array([[1.0, 0.0], [0.0, 1.0]]), round=2)  # weight 1
+        assert back.matrix()[0, 1] == pytest.approx(2.7 / 5)
+    # states written before weights existed still load (every round weighed 1)
+    old = AffinityTracker(["a", "b"], "mean").to_dict()
+    old.pop("weight")
+    old["hist"] = [[[0.5], []], [[], []]]
+    assert np.isnan(AffinityTracker.from_dict(old).matrix()[0, 1])

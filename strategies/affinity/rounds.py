@@ -3,8 +3,7 @@
 This is what the coordinator calls once per measured round, after validating every reply:
 
     ra = round_affinity(tasks, method, lr, gradient_reports, virtual_stats, pooling)
-    for signal, tracker in trackers.items():
-        tracker.update(ra.matrices[signal], round=r)      # NaN entries = not measured this round
+    ra.feed(trackers, round=r)   # = tracker.update(ra.matrices[s], round=r, weights=ra.weights.get(s))
     history_entry["affinity"]["coverage"] = ra.coverage.to_dict()
     history_entry["affinity"]["round"] = ra.to_dict()
 
@@ -28,6 +27,7 @@ from strategies.affinity.names import SIGNALS, check_method, measures_gradients,
 from strategies.affinity.pooling import check_pooling, pool_gradients, pool_virtual_signals
 from strategies.affinity.reports import GradientReport
 from strategies.affinity.stats import AffinityStats
+from strategies.affinity.tracker import AffinityTracker
 
 
 def _jsonable(m: np.ndarray) -> list[list[float | None]]:
@@ -44,6 +44,13 @@ class RoundAffinity:
     matrices: dict[str, np.ndarray]  # signal -> [n, n], NaN = not measured this round
     coverage: PairCoverage
     details: dict[str, object] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # signal -> per-pair round weight (absent = 1)
+
+    def feed(self, trackers: Mapping[str, AffinityTracker], round: int) -> None:
+        """Fold this round into one tracker per signal (only signals present in both)."""
+        for signal, tracker in trackers.items():
+            if signal in self.matrices:
+                tracker.update(self.matrices[signal], round=round, weights=self.weights.get(signal))
 
     @property
     def measured(self) -> bool:
@@ -84,6 +91,7 @@ def round_affinity(
     details: dict[str, object] = {}
     matrices = {s: nan.copy() for s in SIGNALS}
     coverage = PairCoverage.empty(tasks)
+    weights: dict[str, np.ndarray] = {}
     source = "none"
     if measures_virtual_step(method) and virtual_stats:
         combined = pool_virtual_signals(virtual_stats, tasks, pooling)
@@ -102,10 +110,12 @@ def round_affinity(
             source = "gradients"
             matrices = gradient_affinity(pooled, lr)
             coverage = gradient_coverage(gradient_reports, tasks)
+            norms = np.linalg.norm(np.nan_to_num(pooled.vectors), axis=1)
+            weights = {"cosine": np.outer(norms, norms)}  # see AffinityTracker: cosine noise ~ 1/(|g_i||g_j|)
             details["gradients"] = {
                 "holders": pooled.holders, "steps": pooled.steps, "examples": pooled.examples,
                 "losses": {t: float(pooled.losses[a]) for a, t in enumerate(tasks) if math.isfinite(pooled.losses[a])},
                 "norms": {t: float(np.linalg.norm(pooled.vectors[a])) for a, t in enumerate(tasks) if t in pooled.holders},
                 "clipped": pooled.clipped, "dim": int(pooled.vectors.shape[1]),
             }
-    return RoundAffinity(tasks, method, source, matrices, coverage, details)
+    return RoundAffinity(tasks, method, source, matrices, coverage, details, weights)
