@@ -75,6 +75,8 @@ class HarnessConfig:
     seed: int = 0
     data_seed: int = 0
     threads: int = 1
+    monitor_after_split: bool = False  # keep measuring (unread) after the split, as fedmtl did before issue 8
+    keep_start_models: bool = False  # store each measured round's starting model (for exact-vs-estimate checks)
 
 
 @dataclass
@@ -89,6 +91,7 @@ class HarnessResult:
     rejected: list[tuple[int, str, list[str]]] = field(default_factory=list)  # (round, client, problems)
     train_seconds: list[float] = field(default_factory=list)  # per round, all clients
     affinity_seconds: list[float] = field(default_factory=list)
+    start_models: list[tuple[dict, dict]] = field(default_factory=list)  # (body, heads) per measured round
 
     def cost_share(self) -> float:
         """Affinity seconds over training seconds, whole run."""
@@ -152,7 +155,10 @@ def run_affinity_federation(
     total = max(cfg.total_rounds, cfg.split_round)
     for r in range(1, total + 1):
         measuring = r <= cfg.split_round
-        method = cfg.method if measuring else "none"
+        method = cfg.method if measuring or cfg.monitor_after_split else "none"
+        if measuring and cfg.keep_start_models:
+            result.start_models.append(({k: v.clone() for k, v in models[0][0].items()},
+                                        {t: {k: v.clone() for k, v in h.items()} for t, h in models[0][1].items()}))
         if measuring:
             plan = {c: {0: held[c]} for c in range(num_clients)}
         else:
