@@ -6,7 +6,8 @@ instead. Kinds that validation must reject: "nan", "huge", "foreign" (a task it 
 for virtual-step stats "virtual-nan", "virtual-range", "virtual-counts", "virtual-foreign".
 Kinds that pass validation and must be outvoted by robust pooling: "steer" (the same direction
 for every task it holds, 30x longer than its honest gradient but under the absolute norm bound:
-all its tasks look alike) and "virtual-steer" (every pair at the top of the sane range).
+all its tasks look alike) and "virtual-steer" (a fake grouping - tasks at even / odd positions
+of its list - at the top of the sane range, every other pair at the bottom, with the most counts allowed).
 """
 
 from __future__ import annotations
@@ -74,8 +75,11 @@ def forge_virtual_stats(kind: str, stats: Mapping[str, AffinityStats], all_tasks
                 grown.sums[-1, 0], grown.counts[-1, 0] = 0.9, 1
                 tasks, sums, counts = grown.tasks, grown.sums, grown.counts
         elif kind == "virtual-steer":
+            parity = np.arange(len(tasks)) % 2
+            low = -1.0 if signal == "cosine" else -10.0
+            target = np.where(parity[:, None] == parity[None, :], 1.0, low)
             counts = np.full_like(counts, max_count)
-            sums = counts * 1.0
+            sums = counts * target
         else:
             raise ValueError(f"unknown virtual-step forgery {kind!r}; known: {VIRTUAL_FORGERIES}")
         out[signal] = AffinityStats(tasks, sums, counts)

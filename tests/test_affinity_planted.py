@@ -55,3 +55,15 @@ def test_robust_pooling_outvotes_one_steering_client() -> None:
     res = run_affinity_federation(suite, n, HarnessConfig(seed=0, affinity_pooling="robust"), hostile={1: "steer"})
     assert not res.rejected
     assert res.groupings["lookahead"] == suite.planted_groups and res.groupings["cosine"] == suite.planted_groups
+
+
+def test_robust_combination_outvotes_one_steering_virtual_step_client() -> None:
+    """Virtual-step stats: client 1 claims a fake grouping with extreme but in-range values and the
+    most measurements allowed; the per-client median keeps the planted grouping, the exact merge does not."""
+    suite, n = planted_case("all", teacher_seed=0)
+    cfg = dict(method="virtual-step", seed=0, affinity_every=10)
+    mean = run_affinity_federation(suite, n, HarnessConfig(affinity_pooling="mean", **cfg), hostile={1: "virtual-steer"})
+    robust = run_affinity_federation(suite, n, HarnessConfig(affinity_pooling="robust", **cfg), hostile={1: "virtual-steer"})
+    assert not mean.rejected and not robust.rejected
+    assert mean.aris["lookahead"] < 1.0
+    assert robust.groupings["lookahead"] == suite.planted_groups
