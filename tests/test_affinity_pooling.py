@@ -121,3 +121,16 @@ def test_tracker_weights_rounds_per_pair_and_round_trips() -> None:
     old.pop("weight")
     old["hist"] = [[[0.5], []], [[], []]]
     assert np.isnan(AffinityTracker.from_dict(old).matrix()[0, 1])
+
+
+def test_tasks_measured_on_different_group_models_are_not_paired() -> None:
+    tasks = ["a0", "a1", "b0", "b1"]
+    reports = _planted_reports([["a0", "a1"], ["b0", "b1"], ["a0"]])
+    reports[0].group = reports[2].group = 7
+    reports[1].group = 8
+    ra = round_affinity(tasks, "gradients", 0.1, reports)
+    assert np.isnan(ra.matrices["cosine"][0, 2]) and np.isfinite(ra.matrices["cosine"][0, 1])
+    assert ra.coverage.kind("a0", "b0") == "never" and ra.coverage.kind("b0", "b1") == "same-client"
+    reports[2].group = 8  # a0 in two groups of one round: a bug upstream
+    with pytest.raises(ValueError, match="two|groups"):
+        round_affinity(tasks, "gradients", 0.1, reports)

@@ -44,6 +44,7 @@ class GradientReport:
     losses: dict[str, float]
     seed: int | None = None
     extra: dict[str, object] = field(default_factory=dict)  # anything else decoded, for error messages
+    group: int | None = None  # set by the coordinator (never read from the wire): the model it was measured on
 
     @property
     def tasks(self) -> list[str]:
@@ -62,7 +63,8 @@ class GradientReport:
         return arrays, metrics
 
     @classmethod
-    def from_wire(cls, arrays: Mapping[str, object], metrics: Mapping[str, object], client: str = "") -> "GradientReport":
+    def from_wire(cls, arrays: Mapping[str, object], metrics: Mapping[str, object], client: str = "",
+                  group: int | None = None) -> "GradientReport":
         """Decode the ArrayRecord `affinity` (as {key: numpy array}) and the reply's metrics.
 
         Raises ValueError naming the problem if an array key is not "grad.<task>", an array is
@@ -96,7 +98,7 @@ class GradientReport:
         seed = metrics.get(P.AFFINITY_SEED)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)):
             raise ValueError(f"metric {P.AFFINITY_SEED!r} = {seed!r} is not an int")
-        return cls(client, grads, steps, examples, losses, None if seed is None else int(seed), extra)  # type: ignore[arg-type]
+        return cls(client, grads, steps, examples, losses, None if seed is None else int(seed), extra, group)  # type: ignore[arg-type]
 
 
 def has_gradient_report(arrays: Mapping[str, object] | None, metrics: Mapping[str, object]) -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 
 from strategies.affinity.coverage import PairCoverage, gradient_coverage, virtual_step_coverage
 from strategies.affinity.firstorder import gradient_affinity
-from strategies.affinity.names import SIGNALS, check_method, measures_gradients, measures_virtual_step
+from strategies.affinity.names import NEVER, SIGNALS, check_method, measures_gradients, measures_virtual_step
 from strategies.affinity.pooling import check_pooling, pool_gradients, pool_virtual_signals
 from strategies.affinity.reports import GradientReport
 from strategies.affinity.stats import AffinityStats
@@ -67,6 +67,19 @@ class RoundAffinity:
         }
 
 
+def _different_models(reports: Sequence[GradientReport], tasks: list[str]) -> np.ndarray:
+    """[n, n] True where tasks i and j were measured on different group models this round."""
+    group_of: dict[str, object] = {}
+    for r in reports:
+        for t in r.grads:
+            if group_of.setdefault(t, r.group) != r.group:
+                raise ValueError(f"task {t!r} reported in groups {group_of[t]!r} and {r.group!r} in one round")
+    g = [group_of.get(t, None) for t in tasks]
+    known = np.array([t in group_of for t in tasks])
+    same = np.array([[a == b for b in g] for a in g], dtype=bool)
+    return ~same & known[:, None] & known[None, :]
+
+
 def round_affinity(
     tasks: Sequence[str],
     method: str,
@@ -79,7 +92,9 @@ def round_affinity(
     """Combine one round's VALIDATED reports (see the module docstring).
 
     `gradient_reports`: one `GradientReport` per client and group (a client training two groups
-    sends two; pooling per task is unaffected). `virtual_stats`: per client and group, its
+    sends two; pooling per task is unaffected). Gradients are only comparable at one model, so
+    when reports carry different `group`s (split groups measured in the same round), pairs of
+    tasks of different groups stay unmeasured ("never") this round. `virtual_stats`: per client and group, its
     {signal: AffinityStats}. `lr`: the clients' learning rate (scale of the first-order lookahead,
     the same lr the exact virtual step uses). `pooling`: "mean" | "robust".
     """
@@ -110,6 +125,10 @@ def round_affinity(
             source = "gradients"
             matrices = gradient_affinity(pooled, lr)
             coverage = gradient_coverage(gradient_reports, tasks)
+            apart = _different_models(gradient_reports, tasks)
+            for m in matrices.values():
+                m[apart] = np.nan
+            coverage.kinds[apart], coverage.counts[apart] = NEVER, 0
             norms = np.linalg.norm(np.nan_to_num(pooled.vectors), axis=1)
             weights = {"cosine": np.outer(norms, norms)}  # see AffinityTracker: cosine noise ~ 1/(|g_i||g_j|)
             details["gradients"] = {
