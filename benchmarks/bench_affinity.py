@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from client.training import _per_task_backward  # noqa: E402
 from strategies.affinity import (  # noqa: E402
     CountSketch,
     TaskGradients,
@@ -52,6 +53,19 @@ def _time(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def _alternating_medians(fns, repeats: int) -> list[float]:
+    """Median seconds of each fn, calls interleaved so load changes hit all of them alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for fn in fns:
+        fn()  # warm-up
+    for _ in range(repeats):
+        for fn, out in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [float(np.median(t)) for t in times]
+
+
 def bench_step(tasks_n: int = 4, batch: int = 32) -> None:
     suite = load_suite("default")
     data = suite.load_partition(0, 1, 0, "")
@@ -65,12 +79,21 @@ def bench_step(tasks_n: int = 4, batch: int = 32) -> None:
         sum(F.cross_entropy(model(x, t), y) for t, (x, y) in batches.items()).backward()
         opt.step()
 
-    t_step = _time(step, 10)
+    acc = TaskGradients(model, tasks, max_steps=10**9)
+
+    def step_per_task() -> None:  # a step inside the gradients window: per-task backward + sums
+        opt.zero_grad()
+        losses = {t: F.cross_entropy(model(x, t), y) for t, (x, y) in batches.items()}
+        _per_task_backward(model, losses, acc, {t: batch for t in tasks})
+        opt.step()
+
+    t_step, t_window = _alternating_medians([step, step_per_task], 15)
     t_look = _time(lambda: lookahead_affinity(model, batches, lr=0.05), 5)
     t_cos = _time(lambda: gradient_cosine(model, batches), 5)
     t_both = _time(lambda: measure_both(model, batches, lr=0.05), 5)
     print(f"[step] default suite, {len(tasks)} tasks, batch {batch}")
     print(f"  training step          {t_step * 1e3:8.1f} ms   1.00x")
+    print(f"  step in gradient window{t_window * 1e3:8.1f} ms   {t_window / t_step:5.2f}x a step (per-task backward + sums)")
     print(f"  lookahead affinity     {t_look * 1e3:8.1f} ms   {t_look / t_step:5.2f}x a step")
     print(f"  gradient cosine        {t_cos * 1e3:8.1f} ms   {t_cos / t_step:5.2f}x a step")
     print(f"  both, shared backward  {t_both * 1e3:8.1f} ms   {t_both / t_step:5.2f}x a step (one virtual-step measurement)")
@@ -166,7 +189,7 @@ def bench_mas(rounds: int = 15, split: int = 3, clients: int = 6) -> None:
     ]
     print(f"[mas] default suite, {clients} clients, {rounds} rounds, split after {split}, local-epochs 1, batch 32 "
           f"(in-process harness, {torch.get_num_threads()} thread(s))")
-    print("  method                      train s  affinity s  share  (rounds 1-3: affinity s)  grouping")
+    print("  method                      train s  affinity s  share  (measured rounds: affinity s)  grouping")
     for name, cfg in runs:
         res = run_affinity_federation(suite, clients, cfg)
         train, aff = sum(res.train_seconds), sum(res.affinity_seconds)
