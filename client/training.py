@@ -4,7 +4,8 @@ One step draws a batch from every task the client holds in the group and minimis
 the task losses (MAS's all-in-one objective). Affinity is measured only when the coordinator's
 train config asks for it (`affinity_method`), in one or both of two ways:
 
-* "gradients": during the round's first `affinity_steps` steps each task's loss is
+* "gradients": during the round's first ceil(`affinity_steps` / number of tasks) steps
+  (`strategies.affinity.summaries.window_steps`) each task's loss is
   backpropagated separately (the forwards are separate anyway), so each task's body gradient
   comes for free and the trained weights are bitwise those of the joint backward (the per-task
   gradients are summed in the engine's own order; tests/test_affinity_gradients.py checks it);
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from strategies.affinity import AffinityStats, measure_both
 from strategies.affinity.names import check_method, measures_gradients, measures_virtual_step
 from strategies.affinity.reports import GradientReport
-from strategies.affinity.summaries import TaskGradients
+from strategies.affinity.summaries import TaskGradients, window_steps
 from tasks.models import MultiTaskModel
 from tasks.suite import TaskData
 
@@ -47,7 +48,7 @@ class TrainConfig:
     affinity_method: str = "none"  # gradients | virtual-step | both | none (strategies.affinity.METHODS)
     affinity_every: int = 0  # virtual-step: measure every k-th step (0 = never)
     affinity_batch_size: int = 0  # virtual-step: > batch_size measures on larger batches of their own
-    affinity_steps: int = 10  # gradients: accumulate over the first N steps of the round
+    affinity_steps: int = 10  # gradients: task-step budget; accumulate over the first ceil(N / tasks) steps
     affinity_sketch_dim: int = 2048  # gradients: sketch size (exact gradient when the body is smaller)
     affinity_sketch_seed: int = 0  # gradients: the round's sketch seed, the same for every client
     device: str = "cpu"
@@ -128,7 +129,8 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
     lookahead = AffinityStats(list(tasks)) if measure else None
     cosine = AffinityStats(list(tasks)) if measure else None
     accumulate = measures_gradients(method) and cfg.affinity_steps > 0
-    grads = TaskGradients(model, tasks, min(cfg.affinity_steps, steps)) if accumulate else None
+    window = window_steps(cfg.affinity_steps, len(tasks), steps)
+    grads = TaskGradients(model, tasks, window) if accumulate and window > 0 else None
     report: GradientReport | None = None
     loss_sums = {t: 0.0 for t in tasks}
     affinity_seconds = 0.0

@@ -38,6 +38,7 @@ from strategies.affinity import (
     sketch_seed,
     validate_affinity_stats,
     validate_gradient_report,
+    window_steps,
 )
 from strategies.fusion import ClientUpdate, fuse_group
 from strategies.grouping import best_grouping
@@ -194,7 +195,7 @@ def run_affinity_federation(
                     rep.client = name
                     if kind in GRADIENT_FORGERIES:
                         rep = forge_gradient_report(kind, rep, tasks, seed=r)
-                    problems = validate_gradient_report(rep, ctasks, min(cfg.affinity_steps, res.steps), dim,
+                    problems = validate_gradient_report(rep, ctasks, window_steps(cfg.affinity_steps, len(ctasks), res.steps), dim,
                                                         batch_size=cfg.batch_size, expected_seed=seed_r)
                     if problems:
                         result.rejected.append((r, name, problems))

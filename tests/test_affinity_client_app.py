@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from strategies.affinity import AffinityStats, GradientReport, body_num_params, sketch_dim, validate_gradient_report
+from strategies.affinity import (
+    AffinityStats, GradientReport, body_num_params, sketch_dim, validate_gradient_report, window_steps,
+)
 from tasks import protocol as P
 from tasks.registry import load_suite
 from testbed.inprocess import InProcessGrid
@@ -28,7 +30,7 @@ def test_train_reply_carries_summaries_and_counts_as_the_contract_says() -> None
     node = sorted(grid.get_node_ids())[0]
     suite = load_suite("planted")
     held = sorted(suite.load_partition(0, 3, 0, ""))
-    reply = _train(grid, node, held, {P.CFG_AFFINITY_METHOD: "gradients", P.CFG_AFFINITY_STEPS: 4,
+    reply = _train(grid, node, held, {P.CFG_AFFINITY_METHOD: "gradients", P.CFG_AFFINITY_STEPS: 4 * len(held),
                                                   P.CFG_AFFINITY_SKETCH_DIM: 64, P.CFG_AFFINITY_SKETCH_SEED: 12345})
     assert P.AFFINITY in reply.content
     arrays = {k: v.numpy() for k, v in reply.content[P.AFFINITY].items()}
@@ -37,6 +39,7 @@ def test_train_reply_carries_summaries_and_counts_as_the_contract_says() -> None
     dim = sketch_dim(body_num_params(suite.build_model(held[:1])), 64)
     assert sorted(report.tasks) == held and all(a.shape == (dim,) for a in arrays.values())
     assert report.seed == 12345 and report.steps == {t: 4 for t in held} and report.examples == {t: 64 for t in held}
+    assert window_steps(4 * len(held), len(held), 6) == 4
     assert validate_gradient_report(report, held, max_steps=4, dim=dim, batch_size=16, expected_seed=12345) == []
     assert not AffinityStats.from_metrics(metrics, "lookahead").tasks  # no virtual step was asked for
 

@@ -55,7 +55,8 @@ def test_training_with_gradient_summaries_is_bitwise_the_same() -> None:
         states = {}
         for method in ("none", "gradients"):
             model = suite.build_model(tasks, seed=0)
-            res = train_multitask(model, data, tasks, TrainConfig(local_steps=12, seed=5, affinity_method=method, affinity_steps=8))
+            budget = 8 * len(tasks)  # task-steps: 8 steps for each client here
+            res = train_multitask(model, data, tasks, TrainConfig(local_steps=12, seed=5, affinity_method=method, affinity_steps=budget))
             states[method] = model.state_dict()
             if method == "gradients":
                 assert res.gradients is not None and res.gradients.steps == {t: 8 for t in tasks}
@@ -76,7 +77,7 @@ def test_one_task_client_reports_its_exact_mean_gradient_when_the_body_is_small(
                                                            affinity_method="gradients", affinity_steps=4, affinity_sketch_dim=4096))
     rep = res.gradients
     assert rep.tasks == [task] and rep.grads[task].shape == (p,) and rep.grads[task].dtype == np.float32
-    assert rep.steps[task] == 4 and rep.examples[task] == 64 and rep.losses[task] > 0
+    assert rep.steps[task] == 4 and rep.examples[task] == 64 and rep.losses[task] > 0  # one task: 4 task-steps = 4 steps
     # nothing virtual-step with one task, and "both" adds the virtual step only with >= 2 tasks
     assert res.lookahead is None
 
@@ -91,3 +92,16 @@ def test_both_measures_both_ways_and_none_measures_nothing() -> None:
     assert res.lookahead is not None and res.lookahead.counts[0, 1] == 2
     assert res.gradients is not None and set(res.gradients.tasks) == set(tasks)
     assert all(g.shape == (128,) for g in res.gradients.grads.values())
+
+
+def test_window_is_a_task_step_budget() -> None:
+    from strategies.affinity import window_steps
+
+    assert [window_steps(10, t) for t in (1, 2, 3, 4, 8, 20)] == [10, 5, 4, 3, 2, 1]
+    assert window_steps(10, 1, steps=6) == 6 and window_steps(0, 3) == 0
+    suite = load_suite("tiny")
+    data = suite.load_partition(0, 1, 0, "")
+    tasks = sorted(data)  # 4 tasks: budget 10 -> the first 3 steps
+    res = train_multitask(suite.build_model(tasks, seed=0), data, tasks,
+                          TrainConfig(local_steps=6, batch_size=16, seed=1, affinity_method="gradients", affinity_steps=10))
+    assert res.gradients.steps == {t: 3 for t in tasks} and res.gradients.examples == {t: 48 for t in tasks}

@@ -36,7 +36,7 @@ from strategies.affinity.reports import GradientReport, has_gradient_report
 from strategies.affinity.rounds import RoundAffinity, round_affinity
 from strategies.affinity.sketch import CountSketch, sketch_dim, sketch_seed
 from strategies.affinity.stats import AffinityStats
-from strategies.affinity.summaries import TaskGradients, body_num_params
+from strategies.affinity.summaries import TaskGradients, body_num_params, window_steps
 from strategies.affinity.tracker import TRACKER_MODES, AffinityTracker
 from strategies.affinity.validation import max_virtual_measurements, validate_affinity_stats, validate_gradient_report
 
@@ -48,5 +48,5 @@ __all__ = [
     "gradient_cosine", "has_gradient_report", "lookahead_affinity", "max_virtual_measurements", "measure_affinity",
     "measure_both", "measures_gradients", "measures_virtual_step", "pool_gradients", "pool_virtual_signals",
     "round_affinity", "sketch_dim", "sketch_seed", "validate_affinity_stats", "validate_gradient_report",
-    "virtual_step_coverage",
+    "virtual_step_coverage", "window_steps",
 ]
