@@ -10,8 +10,9 @@ What "sane" means, and why:
   * tasks: only tasks the client was asked to train in that group AND holds; a summary for any
     other task is a forgery (it could fill a pair nobody measured).
   * counts: 1 <= steps <= the steps the client could have accumulated
-    (`summaries.window_steps(affinity-steps, tasks it trains in the group, steps it ran)`); steps <= examples <= steps x batch size; virtual-step counts <=
-    the measurements its steps allow (ceil(steps / affinity-every)). Inflated counts would buy
+    (`summaries.window_steps(affinity-steps, tasks it trains in the group, steps it ran)`);
+    steps <= examples <= steps x batch size; virtual-step counts <= the measurements its steps
+    allow (ceil(steps / affinity-every)). Inflated counts would buy
     weight in an examples-weighted mean or an exact (sum, count) merge.
   * values: finite; gradient summaries exactly `dim` long (the coordinator's min(P, sketch dim)),
     norm <= `max_norm` (default 1e4: a batch-mean gradient that long means a diverged model),
@@ -69,8 +70,8 @@ def validate_gradient_report(
     """Problems with one client's gradient summaries (empty = valid).
 
     `held_tasks`: the tasks this client was asked to train in this group and holds.
-    `max_steps`: `window_steps(affinity-steps sent, len(held_tasks), steps the client ran)`. `dim`: the expected summary
-    length, `sketch.sketch_dim(P, affinity-sketch-dim)`. `batch_size`: bounds examples per step.
+    `max_steps`: `window_steps(affinity-steps sent, len(held_tasks), steps the client ran)`.
+    `dim`: the expected summary length, `sketch.sketch_dim(P, affinity-sketch-dim)`. `batch_size`: bounds examples per step.
     A report may omit tasks (fewer measurements, not a forgery).
     """
     problems: list[str] = []
