@@ -59,7 +59,7 @@ class RunConfig:
     clip_norm: float = 0.0  # 0 = no clipping of client updates
     # affinity and grouping
     affinity_method: str = "gradients"  # gradients (every pair, cross-client) | virtual-step (exact TAG) | both | none
-    affinity_steps: int = 10  # gradients: accumulate each task's body gradient over a round's first N steps
+    affinity_steps: int = 10  # gradients: task-step budget; a client with T tasks accumulates its first ceil(N/T) steps
     affinity_sketch_dim: int = 2048  # gradients: count-sketch size (the exact gradient when the body is smaller)
     affinity_sketch_seed: int = 0  # gradients: base seed of the per-round sketches
     affinity_pooling: str = "mean"  # across clients: mean (examples-weighted) | robust (median-norm clip + median)

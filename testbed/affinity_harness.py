@@ -64,7 +64,7 @@ class HarnessConfig:
     lr: float = 0.1
     momentum: float = 0.9
     method: str = "gradients"
-    affinity_steps: int = 10
+    affinity_steps: int = 10  # task-step budget (strategies.affinity.window_steps)
     affinity_sketch_dim: int = 2048
     affinity_sketch_seed: int = 0
     affinity_every: int = 5

@@ -3,7 +3,7 @@
 Cases (testbed.affinity_harness.planted_case): 8 tasks planted in groups of 3, 3 and 2, 8
 clients that (a) all hold every task, (b) hold 4 tasks each across groups, (c) hold exactly one
 task each. Three merged rounds of 30 local steps, gradients accumulated over each round's first
-10 steps, then the MAS split. Both signals are read from the same measurements.
+ceil(10 / tasks held) steps (the default budget of 10 task-steps), then the MAS split. Both signals are read from the same measurements.
 """
 
 from __future__ import annotations
