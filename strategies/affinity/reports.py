@@ -1,7 +1,7 @@
 """GradientReport: one client's per-task body-gradient summaries for one round, and their wire form.
 
 What a summary is: for each task the client trained, the MEAN body gradient over the first
-`affinity-steps` steps of its round (each step's gradient is already a batch mean), count-
+`window_steps(affinity-steps, its tasks)` steps of its round (each step's gradient is already a batch mean), count-
 sketched to d numbers with the round's seed (exact when the body has P <= d parameters), the
 number of steps and examples behind it, and the mean training loss over those steps.
 
@@ -12,8 +12,8 @@ of those same steps, compressed to d << P random linear measurements. It therefo
 split of the update's early part between the client's tasks, and (b) the mean loss per task
 over those steps (the update leaks losses only indirectly). For a client holding one task the
 summary is a noisier, compressed view of (the first part of) what its update already shows. It
-contains no per-example gradient, and averaging over steps x batch examples (640 by default)
-before sketching leaves much less about any single example than one step's gradient would.
+contains no per-example gradient, and averaging over steps x batch examples (96-320 in the
+default run) before sketching leaves less about any single example than one step's gradient.
 
 Wire form (names in tasks/protocol.py): arrays "grad.<task>" (float32, 1-D, length d) in the
 reply's ArrayRecord "affinity"; metrics "affinity-steps.<task>" (int), "affinity-examples.<task>"
