@@ -29,14 +29,15 @@ class AffinityBook:
     """The trackers and pair coverage of the current measurement phase, and when to measure.
 
     `body_params`: P, the trainable body parameters a gradient summary is taken over (the
-    summary is min(P, affinity-sketch-dim) long).
+    summary is min(P, affinity-sketch-dim) long); 0 (only for callers that never `ask`) = unknown.
     """
 
-    def __init__(self, tasks: list[str], cfg: RunConfig, plan: MergeSplitPlan, body_params: int) -> None:
+    def __init__(self, tasks: list[str], cfg: RunConfig, plan: MergeSplitPlan, body_params: int = 0) -> None:
         self.tasks = tasks
         self.cfg = cfg
         self.plan = plan
-        self.dim = sketch_dim(body_params, cfg.affinity_sketch_dim) if measures_gradients(cfg.affinity_method) else 0
+        gradients = measures_gradients(cfg.affinity_method) and body_params > 0
+        self.dim = sketch_dim(body_params, cfg.affinity_sketch_dim) if gradients else 0
         self.reset()
 
     def _new(self) -> AffinityTracker:
