@@ -97,6 +97,17 @@ def quick_mixes() -> list[Mix]:
     return [Mix(2, 3, 0.3, 0.05, "some"), Mix(3, 3, 0.3, 0.05, "all"), Mix(3, 3, 0.3, 0.05, "one")]
 
 
+def _method_label(args: argparse.Namespace) -> str:
+    """How the runs measured: the method (the run config's default unless given) and its period/budget."""
+    cfg = RunConfig()
+    method = args.extra.get("affinity-method", getattr(cfg, "affinity_method", "virtual-step"))
+    if method == "virtual-step":
+        return f"affinity-method virtual-step, affinity-every {args.every}"
+    steps = args.extra.get("affinity-steps", getattr(cfg, "affinity_steps", None))
+    return f"affinity-method {method}, affinity-steps {steps}" + (
+        f", affinity-every {args.every} (virtual step)" if method == "both" else "")
+
+
 def labels_of(groups: list[list[str]], tasks: list[str]) -> list[int]:
     where = {t: i for i, g in enumerate(groups) for t in g}
     return [where[t] for t in tasks]
@@ -193,7 +204,7 @@ def summarise(results: list[dict[str, Any]], signals: list[str], args: argparse.
     main = B.table(
         f"Recovered grouping vs planted (ARI; mean ± std over {len(args.seeds)} task mixes/seeds, min = worst seed); "
         f"mas, split after round {args.split_round} of {args.rounds}, run split on {args.signal!r}, "
-        f"affinity-every {args.every}",
+        f"{_method_label(args)}",
         ["task mix", "clearly planted (var <= 0.3, noise <= 0.05)", *[f"ARI {s}" for s in signals], "run split = offline", "pairs measured",
          "measurement % of training (run)", "% in merged rounds"], rows,
         note="pairs measured: share of ordered task pairs some client measured in the merged rounds. "
