@@ -27,6 +27,13 @@ else gets a bare 404 and a log line. SuperNode authentication is untouched:
 the signed headers (public key, timestamp, signature) and the body are passed
 through unchanged and verified by the SuperLink itself.
 
+Long-polling ``pull-messages``
+------------------------------
+An idle ``flower-supernode`` sleeps a hard-coded 3 s after every pull that
+found no message; the gateway holds such pulls open until a message is there
+(``launch/gateway_hold.py``), so a new message reaches its client within
+``pull_poll_s`` instead of 0-3 s later. ``pull_hold_s=0`` turns this off.
+
 Run it as a process::
 
     python -m launch.gateway --listen 0.0.0.0:9092 \\
@@ -51,6 +58,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from launch.gateway_hold import DEFAULT_PULL_HOLD_S, DEFAULT_PULL_POLL_S, PULL_ROUTE, PullHolder
 
 __all__ = [
     "FLEET_ROUTES",
@@ -108,6 +117,7 @@ _RESP_DROP = _HOP_BY_HOP | {"server", "date"}
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 
+
 def parse_hostport(value: str) -> tuple[str, int]:
     """``"HOST:PORT"`` or ``"[V6]:PORT"`` -> ``(host, port)``; ValueError if bad."""
     v = value.strip()
@@ -159,10 +169,17 @@ class GatewayConfig:
     insecure: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY
     upstream_timeout_s: float = 60.0
+    pull_hold_s: float = DEFAULT_PULL_HOLD_S
+    pull_poll_s: float = DEFAULT_PULL_POLL_S
 
     def validate(self) -> None:
         """Raise ValueError with a readable reason if unusable."""
         parse_hostport(self.listen)
+        if not 0 <= self.pull_hold_s <= 25:
+            raise ValueError(f"pull hold {self.pull_hold_s} s: must be between 0 (off) and 25 s "
+                             "(the SuperNode gives up on a request after 30 s)")
+        if not 0.01 <= self.pull_poll_s <= 5:
+            raise ValueError(f"pull poll interval {self.pull_poll_s} s: must be between 0.01 and 5 s")
         uh, _ = parse_hostport(self.upstream)
         if not self.insecure:
             missing = [
@@ -223,6 +240,7 @@ class FleetGateway:
         self._client: httpx.AsyncClient | None = None
         self.refused = 0
         self.forwarded = 0
+        self.holder = PullHolder(config.pull_hold_s, config.pull_poll_s)
 
     # -- ASGI ------------------------------------------------------------- #
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -315,6 +333,9 @@ class FleetGateway:
         # Forward the canonical (decoded, allow-listed) path and no query
         # string: Flower's Fleet routes take none, and nothing else can ride along.
         url = scope["path"]
+        if url == PULL_ROUTE and await self.holder.forward(self._client, url, headers, bytes(body), receive, send):
+            self.forwarded += 1
+            return
         try:
             req = self._client.build_request("POST", url, headers=headers, content=bytes(body))
             resp = await self._client.send(req, stream=True)
@@ -425,6 +446,10 @@ def gateway_command(config: GatewayConfig, python: str | None = None) -> list[st
         ]
     if config.max_body_bytes != DEFAULT_MAX_BODY:
         cmd += ["--max-body-bytes", str(config.max_body_bytes)]
+    if config.pull_hold_s != DEFAULT_PULL_HOLD_S:
+        cmd += ["--pull-hold", f"{config.pull_hold_s:g}"]
+    if config.pull_poll_s != DEFAULT_PULL_POLL_S:
+        cmd += ["--pull-poll", f"{config.pull_poll_s:g}"]
     return cmd
 
 
@@ -443,6 +468,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="plain HTTP on both sides (SuperLink started with --insecure)")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY)
+    p.add_argument("--pull-hold", type=float, default=DEFAULT_PULL_HOLD_S, metavar="S",
+                   help="hold an empty pull-messages open up to S seconds until a message arrives "
+                        f"(default {DEFAULT_PULL_HOLD_S:g}; 0 = plain forwarding: SuperNodes poll every 3 s)")
+    p.add_argument("--pull-poll", type=float, default=DEFAULT_PULL_POLL_S, metavar="S",
+                   help=f"while holding, ask the SuperLink again every S seconds (default {DEFAULT_PULL_POLL_S:g})")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     logging.basicConfig(
@@ -460,6 +490,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         upstream_ca_certfile=a.upstream_ca_certfile,
         insecure=a.insecure,
         max_body_bytes=a.max_body_bytes,
+        pull_hold_s=a.pull_hold,
+        pull_poll_s=a.pull_poll,
     )
     if cfg.insecure:
         LOG.warning(

@@ -5,6 +5,11 @@
 * `SuperNodeProcess` runs `flower-supernode` for one client (its node config in a TOML file:
   `data-dir`, `name`), with everything it starts in its `ProcessFamily` and a reaper that kills
   them if the client is SIGKILLed.
+* Its ClientApps run either through fedmtl's fork server (`executor="fork"`, the default:
+  `flower-supernode --isolation process` plus `launch/clientapp_forkserver.py`, which forks a
+  pre-imported process per message) or through Flower's own SuperExec (`executor="flower"`: a
+  fresh `flwr-clientapp` process, importing torch again, per message). See docs/deployment.md,
+  "Round latency", for what each costs.
 * Its output goes to a log file (not a pipe: see docs/security.md), read with `LogFollower`,
   and `classify_supernode_output` turns Flower's refusal messages into one clear line.
 
@@ -15,8 +20,10 @@ on loopback and across network namespaces (tests/test_deployment.py).
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -31,11 +38,21 @@ from launch.processes import ENV_TAG, ProcessFamily, free_port, spawn_reaper
 from launch.superlink import child_env, flower_bin_dir
 
 __all__ = [
+    "EXECUTORS",
+    "FORKSERVER",
     "LogFollower",
     "SuperNodeConfig",
     "SuperNodeProcess",
     "classify_supernode_output",
 ]
+
+
+#: How a client runs its ClientApps: fedmtl's fork server, or Flower's SuperExec.
+EXECUTORS = ("fork", "flower")
+#: The fork server's script (run by path: it must not import fedmtl's packages, see its docstring).
+FORKSERVER = Path(__file__).resolve().with_name("clientapp_forkserver.py")
+#: Flower's SuperExec task poll interval (seconds; Flower's default is 1.0).
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +163,11 @@ class SuperNodeConfig:
     `runtime_port=None` picks a free port for the SuperNode's local Runtime API (several clients
     on one host need different ones). `max_wait_s` bounds every reconnection (Flower retries
     for ever otherwise).
+
+    `executor="fork"` runs ClientApps through `launch/clientapp_forkserver.py` (modules in
+    `preload` imported once; its Runtime API calls signed with a per-client secret);
+    `executor="flower"` through Flower's own SuperExec. `task_poll_s` is how often either polls
+    the SuperNode for a new ClientApp task (None: Flower's default, 1 s, for Flower's SuperExec).
     """
 
     superlink: str
@@ -159,10 +181,17 @@ class SuperNodeConfig:
     runtime_port: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     extra_args: Sequence[str] = ()
+    executor: str = "fork"
+    preload: Sequence[str] = ("numpy", "torch")
+    task_poll_s: float | None = 0.05
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
         self.work_dir = Path(self.work_dir).resolve()
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor={self.executor!r}: must be one of {EXECUTORS}")
+        if self.task_poll_s is not None and not 0.01 <= self.task_poll_s <= 60:
+            raise ValueError(f"task_poll_s={self.task_poll_s}: must be between 0.01 and 60 seconds (Flower's range)")
         if self.insecure and self.private_key is not None:
             raise ValueError("client authentication needs TLS: do not combine --insecure with --key")
         if not self.insecure and self.private_key is None:
@@ -170,16 +199,19 @@ class SuperNodeConfig:
 
 
 class SuperNodeProcess:
-    """One `flower-supernode` child with everything it starts (SuperExec, ClientApp processes)."""
+    """One `flower-supernode` child with everything it starts (SuperExec or the fork server, and
+    the ClientApp processes)."""
 
     def __init__(self, config: SuperNodeConfig) -> None:
         self.config = config
         self.tag = uuid.uuid4().hex
         self.family = ProcessFamily(self.tag)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.executor_proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = config.runtime_port
         self.log_path = config.work_dir / "supernode.log"
         self.node_config_path = config.work_dir / "node-config.toml"
+        self.secret_path = config.work_dir / "superexec.secret"
         self._reaper: subprocess.Popen[bytes] | None = None
 
     @property
@@ -197,10 +229,25 @@ class SuperNodeProcess:
             if cfg.root_certificates is not None:
                 cmd += ["--root-certificates", str(Path(cfg.root_certificates).resolve())]
             cmd += ["--auth-supernode-private-key", str(Path(cfg.private_key).resolve())]  # type: ignore[arg-type]
+        if cfg.executor == "fork":
+            cmd += ["--isolation", "process", "--superexec-auth-secret-file", str(self.secret_path)]
         return cmd + list(cfg.extra_args)
 
+    def executor_command(self, supernode_pid: int) -> list[str]:
+        """The fork server's command line (executor="fork")."""
+        cfg = self.config
+        cmd = [sys.executable, str(FORKSERVER), "--runtime-api-address", f"127.0.0.1:{self.port}",
+               "--parent-pid", str(supernode_pid), "--preload", ",".join(cfg.preload),
+               "--superexec-auth-secret-file", str(self.secret_path)]
+        if cfg.task_poll_s is not None:
+            cmd += ["--poll-interval", f"{cfg.task_poll_s:g}"]
+        return cmd
+
     def env(self) -> dict[str, str]:
-        env = child_env({"FLWR_HOME": str(self.flwr_home), ENV_TAG: self.tag, **self.config.env})
+        extra = {"FLWR_HOME": str(self.flwr_home), ENV_TAG: self.tag}
+        if self.config.task_poll_s is not None:
+            extra[TASK_POLL_ENV] = f"{self.config.task_poll_s:g}"
+        env = child_env({**extra, **self.config.env})
         for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
             env.pop(k, None)  # the coordinator is dialled directly
         return env
@@ -212,23 +259,48 @@ class SuperNodeProcess:
         self.node_config_path.write_text(tomli_w.dumps({"data-dir": str(cfg.data_dir), "name": cfg.name}))
         if self.port is None:
             self.port = free_port("127.0.0.1")
+        if cfg.executor == "fork":  # a fresh secret per start: only our fork server may take this node's tasks
+            fd = os.open(self.secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(32).hex().encode())
+        env = self.env()
         with open(self.log_path, "ab") as log:
             log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=self.env(), cwd=str(cfg.work_dir),
+                                         stderr=subprocess.STDOUT, env=env, cwd=str(cfg.work_dir),
                                          start_new_session=True)
-        self._reaper = spawn_reaper(self.tag)  # kills the SuperNode if we are SIGKILLed
+            self._reaper = spawn_reaper(self.tag)  # kills the SuperNode if we are SIGKILLed
+            if cfg.executor == "fork":
+                cmd = self.executor_command(self.proc.pid)
+                log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+                log.flush()
+                self.executor_proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                                      stderr=subprocess.STDOUT, env=env, cwd=str(cfg.work_dir),
+                                                      start_new_session=True)
         return self
 
     def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """The SuperNode and (executor="fork") its fork server are alive: without the fork server
+        the SuperNode would wait for ever for someone to run its ClientApps."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        return self.config.executor != "fork" or (self.executor_proc is not None and self.executor_proc.poll() is None)
+
+    def exit_description(self) -> str:
+        """Which process ended, with its status (for error messages)."""
+        parts = []
+        if self.proc is not None and self.proc.poll() is not None:
+            parts.append(f"the SuperNode exited (status {self.proc.returncode})")
+        if self.executor_proc is not None and self.executor_proc.poll() is not None:
+            parts.append(f"the ClientApp fork server exited (status {self.executor_proc.returncode})")
+        return "; ".join(parts) or "the SuperNode stopped"
 
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM (the SuperNode leaves the federation cleanly), then kill its whole family."""
         proc = self.proc
         if proc is not None:
-            self.family.scan([proc.pid])
+            self.family.scan([proc.pid] + ([self.executor_proc.pid] if self.executor_proc is not None else []))
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate()
@@ -239,6 +311,14 @@ class SuperNodeProcess:
                 proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=2)
+        executor, self.executor_proc = self.executor_proc, None
+        if executor is not None:
+            if executor.poll() is None:  # normally gone with its SuperNode; the family kill covers the rest
+                self.family.kill([executor.pid], term_wait_s=2.0)
+                with contextlib.suppress(ProcessLookupError):
+                    executor.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                executor.wait(timeout=2)
         self.proc = None
         if self._reaper is not None:
             with contextlib.suppress(ProcessLookupError):

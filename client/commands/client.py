@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from client.folder import ClientDataError, read_client_dir
+from client.data import validated_env
+from client.folder import ClientDataError, folder_fingerprint, read_client_dir
 from common.signals import install_stop_handlers
 from launch.gateway import parse_hostport
 from launch.service import insecure_banner
-from launch.supernode import LogFollower, SuperNodeConfig, SuperNodeProcess, classify_supernode_output
+from launch.supernode import EXECUTORS, LogFollower, SuperNodeConfig, SuperNodeProcess, classify_supernode_output
 
 #: SuperNode lines that tell nothing on a console (shown with --verbose only).
 _NOISE = tuple(re.compile(p) for p in (
@@ -59,6 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="loopback port of the SuperNode's local Runtime API (default: a free one)")
     p.add_argument("--work-dir", type=Path, default=None,
                    help="Flower home and SuperNode log (default: a temporary folder, removed at exit)")
+    p.add_argument("--executor", choices=EXECUTORS, default="fork",
+                   help="how ClientApps run: 'fork' (default) forks each message's process from one that imported "
+                        "torch once; 'flower' uses Flower's SuperExec, a fresh process importing everything per "
+                        "message (3-5 s more per message)")
+    p.add_argument("--task-poll", type=float, default=0.05, metavar="S",
+                   help="how often the executor asks the SuperNode for a new message to run (default 0.05 s; "
+                        "Flower's own default is 1 s)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--quiet", action="store_true", help="print only fedmtl's own status lines")
     out.add_argument("--verbose", action="store_true", help="print every line of the SuperNode")
@@ -139,6 +147,7 @@ def _check_ca(path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    fingerprint = folder_fingerprint(args.data)  # before validating: see client/data.py
     name, _manifest, tasks = check(args)
     if args.insecure:
         print(insecure_banner("CLIENT"), file=sys.stderr, flush=True)
@@ -157,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     node = SuperNodeProcess(SuperNodeConfig(
         superlink=args.coordinator, data_dir=args.data, name=name, work_dir=work_dir,
         private_key=None if args.insecure else args.key, root_certificates=args.ca, insecure=args.insecure,
-        max_wait_s=args.max_wait, runtime_port=args.runtime_port,
+        max_wait_s=args.max_wait, runtime_port=args.runtime_port, executor=args.executor,
+        task_poll_s=args.task_poll, env=validated_env(args.data, fingerprint),
     ))
     restore_signals = install_stop_handlers()  # SIGTERM and SIGINT stop the client like Ctrl-C
     follower: LogFollower | None = None
@@ -192,8 +202,7 @@ def _watch(node: SuperNodeProcess, follower: LogFollower, args: argparse.Namespa
                 recent += lines
                 text = "\n".join(recent)
                 why = classify_supernode_output(text, args.coordinator, connected=connected, key=key)
-                code = node.proc.returncode if node.proc is not None else None
-                return _fail(why or f"the SuperNode exited (status {code}); its last lines:\n" + "\n".join(recent[-15:]))
+                return _fail(why or f"{node.exit_description()}; its last lines:\n" + "\n".join(recent[-15:]))
             continue
         recent = (recent + [line])[-200:]
         _relay(line, args)

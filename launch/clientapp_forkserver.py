@@ -1,0 +1,239 @@
+"""A ClientApp executor for `flower-supernode --isolation process` that forks pre-imported workers.
+
+Why this exists
+---------------
+With Flower's default isolation (`subprocess`), the SuperNode starts `flower-superexec`, which
+polls the SuperNode's Runtime API every `FLWR_SUPEREXEC_TASK_POLL_INTERVAL` seconds (1.0 by
+default) and starts a fresh `flwr-clientapp` process for every message
+(`flwr/supercore/superexec/executor/subprocess_executor.py`). That process imports flwr, numpy
+and torch again before it can do anything: about 3-5 s per message on a busy 2-core machine,
+twice a round or more. Flower 1.42 has no long-lived ClientApp process: its warm executor pools
+(`warm_executor_pool.py`) exist only on Kubernetes and only for agent, model and connector
+tasks, and its prestarted workers (`flwr/supercore/task_worker.py`) are single-use.
+
+`--isolation process` is Flower's supported way to run the ClientApp executor outside the
+SuperNode (`flower-supernode --help`: "a separate independent process gets created outside of
+SuperNode"). This module is such an executor. It imports the heavy third-party modules once
+(`--preload`, default numpy and torch, plus Flower's ClientApp runtime), then polls the Runtime
+API (`AcquireTask`, every `--poll-interval` s) and, for each ClientApp task, `fork()`s a child
+that runs Flower's own `run_clientapp` with the task's token, exactly what `flwr-clientapp
+--token` does. So every message still gets a fresh process (Flower's isolation: nothing of one
+message's state, and no app module, survives into the next), the app's code is still imported
+from the run's FAB in that child, and only the import of the preloaded libraries is saved.
+
+Rules it keeps so that forking is safe:
+
+* It never imports app code (it is run by path and imports only the standard library, flwr
+  and the `--preload` modules), so each child imports the FAB's modules fresh. A preload that
+  names an app package is refused.
+* It never touches CUDA (`torch.cuda` initialised in a parent cannot be used by forked
+  children); it checks `torch.cuda.is_initialized()` stays False before every fork.
+* It starts no threads and registers no Flower exit handlers; children reset signal handlers,
+  then Flower's runtime registers its own.
+* It exits when the SuperNode (`--parent-pid`) is gone, and reaps its children.
+* If the client pins the app bundles it runs (`FEDMTL_PINNED_APP_HASHES`, checked by a
+  `flwr-clientapp` wrapper on PATH), a child execs that `flwr-clientapp` instead of running the
+  task in-process: the check is never bypassed (the speed-up is then lost).
+
+With `--superexec-auth-secret-file` (the same file given to `flower-supernode`), its
+`AcquireTask` calls are signed (Flower's SuperExec HMAC auth), so no other local process can
+take this node's tasks; Flower's own `subprocess` mode runs without that check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+#: Packages of the fedmtl app: never preloaded (children must import them from the run's FAB).
+APP_PACKAGES = frozenset({"client", "coordinator", "tasks", "strategies", "common", "launch", "testbed", "fedmtl"})
+
+DEFAULT_PRELOAD = ("numpy", "torch")
+
+
+def _log(text: str) -> None:
+    print(f"[clientapp-forkserver {os.getpid()}] {text}", file=sys.stderr, flush=True)
+
+
+def preload(modules: Sequence[str]) -> float:
+    """Import the heavy modules every ClientApp needs, plus Flower's ClientApp runtime; seconds taken."""
+    started = time.perf_counter()
+    for name in modules:
+        if name.split(".")[0] in APP_PACKAGES:
+            raise ValueError(f"--preload {name}: app modules must be imported by each task from its FAB, not preloaded")
+        importlib.import_module(name)
+    importlib.import_module("flwr.supernode.runtime.run_clientapp")
+    return time.perf_counter() - started
+
+
+def _cuda_initialized() -> bool:
+    torch = sys.modules.get("torch")
+    try:
+        return bool(torch is not None and torch.cuda.is_initialized())
+    except Exception:  # noqa: BLE001 - a torch without CUDA support
+        return False
+
+
+#: Set when the client accepts only app bundles of given hashes (a `flwr-clientapp` wrapper on
+#: PATH checks them before unpacking): such tasks must go through that wrapper, never in-process.
+PINNED_ENV = "FEDMTL_PINNED_APP_HASHES"
+
+
+def _run_child(runtime_api_address: str, token: str, parent: int) -> None:
+    """In the forked child: Flower's own ClientApp process main, then exit without our clean-up."""
+    code = 1
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        if os.environ.get(PINNED_ENV):  # fail closed: let the checking `flwr-clientapp` run it
+            os.execvp("flwr-clientapp", ["flwr-clientapp", "--runtime-api-address", runtime_api_address,
+                                         "--token", token, "--insecure", "--parent-pid", str(parent)])
+        from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+        run_clientapp(runtime_api_address=runtime_api_address, token=token, insecure=True,
+                      certificates=None, parent_pid=parent, runtime_dependency_install=False)
+        code = 0
+    except SystemExit as exc:  # flwr_exit ends every task with sys.exit
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException as exc:  # noqa: BLE001 - never return into the parent's loop
+        _log(f"task process failed: {type(exc).__name__}: {exc}")
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of a process (with its pid it names one process), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rfind(")") + 2:].split()[19]
+
+
+class ForkServer:
+    """Acquire ClientApp tasks from a SuperNode's Runtime API and run each in a forked child."""
+
+    def __init__(self, runtime_api_address: str, parent_pid: int | None, poll_interval: float,
+                 secret: bytes | None) -> None:
+        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
+        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.runtime import RuntimeHttpClient
+
+        self.address = runtime_api_address
+        self.parent_pid = parent_pid
+        self.poll_interval = poll_interval
+        interceptors = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+        if secret:
+            interceptors.append(SuperExecAuthHttpInterceptor(
+                master_secret=secret, protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"})))
+        self.client = RuntimeHttpClient.from_server_address(
+            server_address=runtime_api_address, insecure=True, root_certificates=None,
+            interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+        self.children: set[int] = set()
+        self.launched = 0
+        self._parent_start = _start_time(parent_pid) if parent_pid is not None else None
+
+    def parent_alive(self) -> bool:
+        """False once the SuperNode is gone (its pid vanished or now names another process)."""
+        if self.parent_pid is None:
+            return True
+        start = _start_time(self.parent_pid)
+        return start is not None and start == self._parent_start
+
+    def reap(self) -> None:
+        for pid in list(self.children):
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.children.discard(pid)
+
+    def acquire(self) -> str | None:
+        """The token of one pending ClientApp task, or None."""
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+        from flwr.supercore.constant import TaskType
+
+        res = self.client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value],
+                                                         agentapp_fab_hashes=[]))
+        if res.HasField("task") and res.token:
+            return str(res.token)
+        return None
+
+    def launch(self, token: str) -> int:
+        if _cuda_initialized():  # pragma: no cover - guarded by never importing app code here
+            raise RuntimeError("CUDA was initialised in the fork server: forked ClientApps could not use it")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _run_child(self.address, token, os.getppid())
+        self.children.add(pid)
+        self.launched += 1
+        return pid
+
+    def serve(self) -> int:
+        errors = 0
+        while self.parent_alive():
+            self.reap()
+            try:
+                token = self.acquire()
+                errors = 0
+            except Exception as exc:  # noqa: BLE001 - the SuperNode restarting, or not up yet
+                errors += 1
+                if errors in (1, 10) or errors % 100 == 0:
+                    _log(f"AcquireTask failed ({errors}x): {type(exc).__name__}: {exc}")
+                token = None
+                time.sleep(min(2.0, self.poll_interval * errors))
+            if token is not None:
+                self.launch(token)
+                continue  # another task may be waiting already
+            time.sleep(self.poll_interval)
+        _log("the SuperNode is gone: exiting")
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if __name__ == "__main__" and sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
+        sys.path.pop(0)  # run by path: this folder's modules must not shadow anything a task imports
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API (HOST:PORT, loopback)")
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when this process (the SuperNode) is gone")
+    p.add_argument("--poll-interval", type=float, default=0.05, help="seconds between AcquireTask polls")
+    p.add_argument("--preload", default=",".join(DEFAULT_PRELOAD),
+                   help="comma-separated modules to import once before forking (default numpy,torch)")
+    p.add_argument("--superexec-auth-secret-file", default=None,
+                   help="the SuperNode's --superexec-auth-secret-file (signs AcquireTask)")
+    args = p.parse_args(argv)
+    if not 0.005 <= args.poll_interval <= 60:
+        p.error("--poll-interval must be between 0.005 and 60 seconds")
+    # A terminal Ctrl-C or the SuperNode's stop ends the loop; children get the default handlers back.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    secret = None
+    if args.superexec_auth_secret_file:
+        with open(args.superexec_auth_secret_file, "rb") as f:
+            secret = f.read()
+        if not secret:
+            p.error("--superexec-auth-secret-file is empty")
+    seconds = preload([m for m in args.preload.split(",") if m.strip()])
+    _log(f"preloaded {args.preload or 'nothing'} and Flower's ClientApp runtime in {seconds:.2f}s; "
+         f"polling {args.runtime_api_address} every {args.poll_interval:g}s")
+    server = ForkServer(args.runtime_api_address, args.parent_pid, args.poll_interval, secret)
+    try:
+        return server.serve()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        server.reap()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""What makes a deployed round fast, without processes: the gateway's held pulls, the client's
+SuperNode command lines (fork server or Flower's SuperExec), the fork server's rules, the data
+folder's validated fingerprint, and the ClientApp's timing records.
+
+The real-process checks are tests/test_deployment.py (clients use the fork server by default)
+and the figures come from benchmarks/bench_deployment.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse  # pylint: disable=E0611
+from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+
+from client import data as client_data
+from client import folder
+from client.folder import ClientDataError, folder_fingerprint, read_client_dir, write_client_dir
+from client.timing import TIMING_ENV, timing_mod
+from launch import clientapp_forkserver as fs
+from launch.gateway import GatewayConfig, gateway_command
+from launch.gateway_hold import PULL_ROUTE, PullHolder
+from launch.supernode import FORKSERVER, TASK_POLL_ENV, SuperNodeConfig, SuperNodeProcess
+from tasks.suite import TaskData, TaskSpec
+
+
+# --------------------------------------------------------------------------- gateway: held pulls
+def _pull_body(node: int) -> bytes:
+    return PullMessagesRequest(node=Node(node_id=node)).SerializeToString()
+
+
+EMPTY = PullMessagesResponse().SerializeToString()
+FULL = PullMessagesResponse(messages_list=[ProtoMessage()]).SerializeToString()
+
+
+class _Asgi:
+    """An ASGI receive/send pair: the request body was read; `disconnect()` ends the connection."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self._gone = asyncio.Event()
+
+    async def receive(self) -> dict:
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, msg: dict) -> None:
+        self.sent.append(msg)
+
+    def disconnect(self) -> None:
+        self._gone.set()
+
+    @property
+    def status(self) -> int | None:
+        return next((m["status"] for m in self.sent if m["type"] == "http.response.start"), None)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
+
+
+def _client(answers: list[tuple[int, bytes]], calls: list[float]) -> httpx.AsyncClient:
+    """A fake SuperLink answering pulls from `answers` in turn (the last one repeats)."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == PULL_ROUTE and request.headers["x-signed"] == "yes"  # re-sent unchanged
+        calls.append(time.monotonic())
+        status, body = answers[min(len(calls) - 1, len(answers) - 1)]
+        return httpx.Response(status, content=body)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="https://superlink")
+
+
+HEADERS = [(b"x-signed", b"yes")]
+
+
+def test_empty_pull_is_held_until_a_message_arrives() -> None:
+    async def go() -> tuple[_Asgi, list[float], PullHolder, float]:
+        calls: list[float] = []
+        holder = PullHolder(hold_s=5.0, poll_s=0.05)
+        asgi = _Asgi()
+        t0 = time.monotonic()
+        async with _client([(200, EMPTY), (200, EMPTY), (200, EMPTY), (200, FULL)], calls) as client:
+            assert await holder.forward(client, PULL_ROUTE, HEADERS, _pull_body(7), asgi.receive, asgi.send)
+        return asgi, calls, holder, time.monotonic() - t0
+
+    asgi, calls, holder, took = asyncio.run(go())
+    assert len(calls) == 4 and asgi.status == 200 and asgi.body == FULL
+    assert holder.held == 1 and took < 2.0
+    assert all(b - a >= 0.04 for a, b in zip(calls, calls[1:]))  # polled at poll_s, not in a busy loop
+
+
+def test_refused_or_full_answers_are_relayed_at_once() -> None:
+    async def go(answer: tuple[int, bytes]) -> tuple[_Asgi, list[float], PullHolder]:
+        calls: list[float] = []
+        holder = PullHolder(hold_s=5.0, poll_s=0.05)
+        asgi = _Asgi()
+        async with _client([answer], calls) as client:
+            await holder.forward(client, PULL_ROUTE, HEADERS, _pull_body(7), asgi.receive, asgi.send)
+        return asgi, calls, holder
+
+    for answer in ((401, b'{"detail": "Invalid SuperNode authentication"}'), (200, FULL)):
+        asgi, calls, holder = asyncio.run(go(answer))
+        assert len(calls) == 1 and asgi.status == answer[0] and asgi.body == answer[1]
+        assert holder.held == 0 and not holder._holds  # a refused pull never holds nor ends a hold
+
+
+def test_hold_ends_with_no_message_after_hold_s() -> None:
+    async def go() -> tuple[_Asgi, list[float], float]:
+        calls: list[float] = []
+        asgi = _Asgi()
+        t0 = time.monotonic()
+        async with _client([(200, EMPTY)], calls) as client:
+            await PullHolder(hold_s=0.4, poll_s=0.1).forward(client, PULL_ROUTE, HEADERS, _pull_body(1),
+                                                             asgi.receive, asgi.send)
+        return asgi, calls, time.monotonic() - t0
+
+    asgi, calls, took = asyncio.run(go())
+    assert asgi.status == 200 and asgi.body == EMPTY and 0.35 < took < 1.5 and 3 <= len(calls) <= 6
+
+
+def test_a_client_that_goes_away_takes_no_message() -> None:
+    async def go() -> tuple[_Asgi, list[float]]:
+        calls: list[float] = []
+        asgi = _Asgi()
+        async with _client([(200, EMPTY)], calls) as client:
+            task = asyncio.ensure_future(PullHolder(hold_s=5.0, poll_s=0.05).forward(
+                client, PULL_ROUTE, HEADERS, _pull_body(1), asgi.receive, asgi.send))
+            await asyncio.sleep(0.2)
+            asgi.disconnect()
+            await asyncio.wait_for(task, 2.0)
+            n = len(calls)
+            await asyncio.sleep(0.2)
+            assert len(calls) == n  # no pull after the disconnect
+        return asgi, calls
+
+    asgi, calls = asyncio.run(go())
+    assert asgi.sent == [] and len(calls) >= 2
+
+
+def test_a_newer_pull_of_the_same_node_ends_the_older_hold() -> None:
+    async def go() -> tuple[_Asgi, _Asgi, float]:
+        calls: list[float] = []
+        holder = PullHolder(hold_s=5.0, poll_s=0.05)
+        old, new = _Asgi(), _Asgi()
+        async with _client([(200, EMPTY)], calls) as client:
+            first = asyncio.ensure_future(holder.forward(client, PULL_ROUTE, HEADERS, _pull_body(3), old.receive,
+                                                         old.send))
+            await asyncio.sleep(0.2)
+            t0 = time.monotonic()
+            second = asyncio.ensure_future(holder.forward(client, PULL_ROUTE, HEADERS, _pull_body(3), new.receive,
+                                                          new.send))
+            await asyncio.wait_for(first, 2.0)
+            ended = time.monotonic() - t0
+            new.disconnect()
+            await asyncio.wait_for(second, 2.0)
+        return old, new, ended
+
+    old, _new, ended = asyncio.run(go())
+    assert old.status == 200 and old.body == EMPTY and ended < 1.0
+
+
+def test_holding_off_or_an_unreadable_body_forwards_normally() -> None:
+    async def go() -> tuple[bool, bool]:
+        calls: list[float] = []
+        async with _client([(200, EMPTY)], calls) as client:
+            off = await PullHolder(hold_s=0).forward(client, PULL_ROUTE, HEADERS, _pull_body(1), None, None)
+            junk = await PullHolder().forward(client, PULL_ROUTE, HEADERS, b"\xff\xff not protobuf", None, None)
+        assert not calls
+        return off, junk
+
+    assert asyncio.run(go()) == (False, False)
+
+
+def test_gateway_config_and_command_carry_the_hold() -> None:
+    cfg = GatewayConfig(listen="0.0.0.0:9092", upstream="127.0.0.1:9093", insecure=True, pull_hold_s=0.0)
+    cmd = gateway_command(cfg)
+    assert cmd[cmd.index("--pull-hold") + 1] == "0"
+    assert "--pull-hold" not in gateway_command(GatewayConfig("0.0.0.0:9092", "127.0.0.1:9093", insecure=True))
+    with pytest.raises(ValueError, match="30 s"):
+        GatewayConfig("0.0.0.0:9092", "127.0.0.1:9093", insecure=True, pull_hold_s=40).validate()
+
+
+# --------------------------------------------------------------------------- SuperNode and executors
+def _node(tmp_path: Path, **kw: object) -> SuperNodeProcess:
+    node = SuperNodeProcess(SuperNodeConfig(superlink="coord:9092", data_dir=tmp_path, name="a", work_dir=tmp_path / "w",
+                                            private_key=tmp_path / "a.key", root_certificates=tmp_path / "ca.crt",
+                                            runtime_port=9555, **kw))  # type: ignore[arg-type]
+    return node
+
+
+def test_fork_executor_runs_the_supernode_in_process_isolation(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    cmd = node.command()
+    assert cmd[cmd.index("--isolation") + 1] == "process"
+    assert cmd[cmd.index("--superexec-auth-secret-file") + 1] == str(node.secret_path)
+    fork = node.executor_command(supernode_pid=4242)
+    assert fork[:2] == [sys.executable, str(FORKSERVER)]
+    assert fork[fork.index("--runtime-api-address") + 1] == "127.0.0.1:9555"
+    assert fork[fork.index("--parent-pid") + 1] == "4242" and fork[fork.index("--preload") + 1] == "numpy,torch"
+    assert fork[fork.index("--superexec-auth-secret-file") + 1] == str(node.secret_path)
+    assert fork[fork.index("--poll-interval") + 1] == "0.05"
+
+
+def test_flower_executor_keeps_flowers_superexec_with_a_short_poll(tmp_path: Path) -> None:
+    node = _node(tmp_path, executor="flower", task_poll_s=0.2)
+    assert "--isolation" not in node.command()
+    assert node.env()[TASK_POLL_ENV] == "0.2"
+    assert TASK_POLL_ENV not in _node(tmp_path, executor="flower", task_poll_s=None).env()  # Flower's 1 s
+    with pytest.raises(ValueError, match="executor"):
+        _node(tmp_path, executor="threads")
+    with pytest.raises(ValueError, match="between 0.01 and 60"):
+        _node(tmp_path, task_poll_s=0.001)
+
+
+def test_fork_server_never_preloads_app_code() -> None:
+    for name in ("client.app", "tasks", "coordinator.loop"):
+        with pytest.raises(ValueError, match="FAB"):
+            fs.preload([name])
+    # run by path, it imports no fedmtl package (children import the app from the run's FAB)
+    probe = ("import runpy, sys\nsys.argv = ['forkserver', '--help']\n"
+             "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in %r))") % (str(FORKSERVER), sorted(fs.APP_PACKAGES))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         cwd="/", env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_fork_server_notices_its_supernode_is_gone(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    server = fs.ForkServer.__new__(fs.ForkServer)
+    server.parent_pid, server._parent_start = child.pid, "0"
+    assert not server.parent_alive()
+    server.parent_pid, server._parent_start = os.getpid(), fs._start_time(os.getpid())
+    assert server.parent_alive()
+
+
+# --------------------------------------------------------------------------- data folder fingerprint
+def _folder(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 1, 4, 4), dtype=np.float32)
+    data = TaskData(x, np.array([0, 1, 0, 1, 0, 1]), x[:2], np.array([0, 1]))
+    return write_client_dir(tmp_path / "site", {"t": data}, "s", "site", [TaskSpec("t", 2)])
+
+
+def test_a_validated_fingerprint_skips_only_the_value_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _folder(tmp_path)
+    fp = folder_fingerprint(d)
+    assert fp and fp == folder_fingerprint(d)
+    seen: list[bool] = []
+    real = folder._check_arrays
+    monkeypatch.setattr(folder, "_check_arrays", lambda *a, **k: (seen.append(k.get("values", True)), real(*a, **k))[1])
+    read_client_dir(d)
+    read_client_dir(d, validated=fp)
+    assert seen == [True, True, False, False]
+    # a rewritten file is a new fingerprint: validated again in full, and a bad value is caught
+    x = np.full((6, 1, 4, 4), np.nan, dtype=np.float32)
+    np.savez_compressed(d / "t" / "train.npz", x=x, y=np.zeros(6, dtype=np.int64))
+    assert folder_fingerprint(d) != fp
+    with pytest.raises(ClientDataError, match="NaN"):
+        read_client_dir(d, validated=fp)
+
+
+def test_clientapp_processes_trust_only_the_folder_fedmtl_client_validated(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _folder(tmp_path)
+    env = client_data.validated_env(d, folder_fingerprint(d))
+    info = json.loads(env[client_data.VALIDATED_ENV])
+    assert info == {"dir": str(d.resolve()), "fingerprint": folder_fingerprint(d)}
+    monkeypatch.setenv(client_data.VALIDATED_ENV, env[client_data.VALIDATED_ENV])
+    assert client_data.validated_fingerprint(str(d)) == info["fingerprint"]
+    assert client_data.validated_fingerprint(str(tmp_path)) == ""  # another folder
+    assert client_data.validated_env(d, "stale") == {}  # changed while validating: nothing trusted
+    # within one process the folder is cached under its content: a changed folder is read again
+    first = client_data.local_tasks({"data-dir": str(d)}, "", 0, "")["t"]
+    assert client_data.local_tasks({"data-dir": str(d)}, "", 0, "")["t"] is first
+    time.sleep(0.01)
+    np.savez_compressed(d / "t" / "train.npz", x=np.zeros((6, 1, 4, 4), np.float32), y=np.zeros(6, np.int64))
+    again = client_data.local_tasks({"data-dir": str(d)}, "", 0, "")["t"]
+    assert again is not first and float(again.x_train.sum()) == 0.0
+
+
+# --------------------------------------------------------------------------- timing records
+def test_timing_mod_writes_one_line_per_message_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr, value in (("run_id", 1), ("task_id", 1), ("node_id", 0)):  # what a ServerApp process has set
+        monkeypatch.setattr(TaskIdentity, f"_{attr}", value, raising=False)
+    msg = Message(RecordDict({"config": ConfigRecord({"round": 1})}), dst_node_id=5, message_type="train",
+                  group_id="round-1.group-0")
+    ctx = Context(run_id=1, node_id=5, node_config={"name": "site-a"}, state=RecordDict(), run_config={})
+
+    def handler(m: Message, c: Context) -> Message:
+        time.sleep(0.05)
+        return Message(RecordDict({"metrics": MetricRecord({"train-seconds": 0.04})}), reply_to=m)
+
+    monkeypatch.delenv(TIMING_ENV, raising=False)
+    timing_mod(msg, ctx, handler)
+    path = tmp_path / "timing.jsonl"
+    monkeypatch.setenv(TIMING_ENV, str(path))
+    timing_mod(msg, ctx, handler)
+    (rec,) = [json.loads(ln) for ln in path.read_text().splitlines()]
+    assert rec["type"] == "train" and rec["group"] == "round-1.group-0" and rec["name"] == "site-a"
+    assert rec["pid"] == os.getpid() and rec["ray_node"] is None and rec["compute"] == pytest.approx(0.04)
+    assert rec["process_start"] <= rec["created"] <= rec["enter"] and rec["exit"] - rec["enter"] >= 0.05
