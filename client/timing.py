@@ -10,8 +10,8 @@ appends one JSON line per message it handles:
 All times are Unix seconds. `created` is when the coordinator built the message (Flower's
 metadata, the coordinator's clock), `process_start` when the process handling it started (a
 fresh `flwr-clientapp`, a forked child of fedmtl's fork server, or a simulation's Ray actor),
-`enter`/`exit` bracket the handler, `compute` is the training or evaluation seconds the reply
-reports. `ray_node` is the Ray node id when the ClientApp runs in a Ray worker (simulation).
+`enter`/`exit` bracket the handler, `compute` is the client compute the reply reports
+(training plus affinity measurement seconds, or evaluation seconds). `ray_node` is the Ray node id when the ClientApp runs in a Ray worker (simulation).
 Without the variable the mod does nothing but call the handler. One `write` per line on a file
 opened for appending, so concurrent client processes do not interleave lines.
 """
@@ -35,16 +35,19 @@ _PROCESS_START: float | None = None
 
 
 def process_start_time() -> float:
-    """Unix time this process started (a forked child: when it was forked), from /proc."""
+    """Unix time this process started (a forked child: when it was forked), from /proc, to about
+    10 ms: its start in clock ticks since boot, against the uptime read now (/proc/stat's boot
+    time has whole seconds only)."""
     global _PROCESS_START
     if _PROCESS_START is None:
         try:
             with open("/proc/self/stat", encoding="ascii", errors="replace") as f:
                 ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-            with open("/proc/stat", encoding="ascii") as f:
-                boot = next(float(ln.split()[1]) for ln in f if ln.startswith("btime "))
-            _PROCESS_START = boot + ticks / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, StopIteration, IndexError):
+            now = time.time()
+            with open("/proc/uptime", encoding="ascii") as f:
+                uptime = float(f.read().split()[0])
+            _PROCESS_START = now - uptime + ticks / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
             _PROCESS_START = time.time()
     return _PROCESS_START
 
@@ -60,12 +63,14 @@ def _ray_node() -> str | None:
 
 
 def _compute(reply: Message) -> float | None:
+    """The client compute the reply reports: training plus affinity measurement, or evaluation."""
     if reply.has_error() or P.METRICS not in reply.content:
         return None
     metrics = reply.content[P.METRICS]
-    for key in (P.TRAIN_SECONDS, "eval-seconds"):
-        if key in metrics:
-            return float(metrics[key])  # type: ignore[arg-type]
+    if P.TRAIN_SECONDS in metrics:
+        return float(metrics[P.TRAIN_SECONDS]) + float(metrics.get(P.AFFINITY_SECONDS, 0.0))  # type: ignore[arg-type]
+    if "eval-seconds" in metrics:
+        return float(metrics["eval-seconds"])  # type: ignore[arg-type]
     return None
 
 

@@ -35,6 +35,18 @@ Rules it keeps so that forking is safe:
   `flwr-clientapp` wrapper on PATH), a child execs that `flwr-clientapp` instead of running the
   task in-process: the check is never bypassed (the speed-up is then lost).
 
+One more wait it avoids: the SuperNode creates a message's task *before* it has downloaded the
+message's objects from the SuperLink (`_pull_and_store_message` in
+`flwr/supernode/start_client_internal.py`), and a ClientApp that asks for them too early is
+answered "not available" and backs off 1 s, then 2 s, 4 s ... (`PULL_INITIAL_BACKOFF`,
+`flwr/supercore/inflatable/inflatable_utils.py`). Flower's own executor never notices because
+its ClientApp takes seconds to import; a forked child would start within milliseconds and lose
+3-4 s to that backoff. So with `--supernode-log` (the SuperNode's output file) a child is forked
+only once the SuperNode has logged the end of every reception it started ("Received
+successfully" or "Failed to receive message" for each "Receiving:"), at most
+`--receive-wait` seconds after the task was acquired. If the log never shows these lines (other
+wording), the gate is open and nothing waits.
+
 With `--superexec-auth-secret-file` (the same file given to `flower-supernode`), its
 `AcquireTask` calls are signed (Flower's SuperExec HMAC auth), so no other local process can
 take this node's tasks; Flower's own `subprocess` mode runs without that check.
@@ -118,11 +130,51 @@ def _start_time(pid: int) -> str | None:
     return data[data.rfind(")") + 2:].split()[19]
 
 
+class ReceptionGate:
+    """Counts the SuperNode's receptions begun and ended, from its log (see the module docstring)."""
+
+    BEGUN = b"Receiving: "
+    ENDED = (b"Received successfully", b"Failed to receive message")
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.begun = 0
+        self.ended = 0
+        self._offset = 0
+        self._rest = b""
+
+    def scan(self) -> None:
+        if not self.path:
+            return
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return
+        self._offset += len(data)
+        *lines, self._rest = (self._rest + data).split(b"\n")
+        for line in lines:
+            if self.BEGUN in line:
+                self.begun += 1
+            elif any(end in line for end in self.ENDED):
+                self.ended += 1
+
+    def wait(self, timeout: float) -> float:
+        """Wait until every reception the SuperNode began has ended; the seconds waited."""
+        started = time.monotonic()
+        self.scan()
+        while self.ended < self.begun and time.monotonic() - started < timeout:
+            time.sleep(0.005)
+            self.scan()
+        return time.monotonic() - started
+
+
 class ForkServer:
     """Acquire ClientApp tasks from a SuperNode's Runtime API and run each in a forked child."""
 
     def __init__(self, runtime_api_address: str, parent_pid: int | None, poll_interval: float,
-                 secret: bytes | None) -> None:
+                 secret: bytes | None, supernode_log: str | None = None, receive_wait: float = 30.0) -> None:
         from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
         from flwr.supercore.retry import make_simple_http_retry_invoker
         from flwr.supercore.runtime import RuntimeHttpClient
@@ -139,6 +191,8 @@ class ForkServer:
             interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
         self.children: set[int] = set()
         self.launched = 0
+        self.gate = ReceptionGate(supernode_log)
+        self.receive_wait = receive_wait
         self._parent_start = _start_time(parent_pid) if parent_pid is not None else None
 
     def parent_alive(self) -> bool:
@@ -194,6 +248,7 @@ class ForkServer:
                 token = None
                 time.sleep(min(2.0, self.poll_interval * errors))
             if token is not None:
+                self.gate.wait(self.receive_wait)  # the message's objects are on this node now
                 self.launch(token)
                 continue  # another task may be waiting already
             time.sleep(self.poll_interval)
@@ -212,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="comma-separated modules to import once before forking (default numpy,torch)")
     p.add_argument("--superexec-auth-secret-file", default=None,
                    help="the SuperNode's --superexec-auth-secret-file (signs AcquireTask)")
+    p.add_argument("--supernode-log", default=None,
+                   help="the SuperNode's output file: fork a task only once its message has been received")
+    p.add_argument("--receive-wait", type=float, default=30.0,
+                   help="wait at most this many seconds for that (default 30)")
     args = p.parse_args(argv)
     if not 0.005 <= args.poll_interval <= 60:
         p.error("--poll-interval must be between 0.005 and 60 seconds")
@@ -226,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = preload([m for m in args.preload.split(",") if m.strip()])
     _log(f"preloaded {args.preload or 'nothing'} and Flower's ClientApp runtime in {seconds:.2f}s; "
          f"polling {args.runtime_api_address} every {args.poll_interval:g}s")
-    server = ForkServer(args.runtime_api_address, args.parent_pid, args.poll_interval, secret)
+    server = ForkServer(args.runtime_api_address, args.parent_pid, args.poll_interval, secret,
+                        args.supernode_log, args.receive_wait)
     try:
         return server.serve()
     except KeyboardInterrupt:

@@ -190,6 +190,8 @@ class SuperNodeConfig:
         self.work_dir = Path(self.work_dir).resolve()
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor={self.executor!r}: must be one of {EXECUTORS}")
+        if self.executor == "fork" and not hasattr(os, "fork"):
+            raise ValueError("executor='fork' needs os.fork (Linux, macOS): use executor='flower' here")
         if self.task_poll_s is not None and not 0.01 <= self.task_poll_s <= 60:
             raise ValueError(f"task_poll_s={self.task_poll_s}: must be between 0.01 and 60 seconds (Flower's range)")
         if self.insecure and self.private_key is not None:
@@ -238,7 +240,7 @@ class SuperNodeProcess:
         cfg = self.config
         cmd = [sys.executable, str(FORKSERVER), "--runtime-api-address", f"127.0.0.1:{self.port}",
                "--parent-pid", str(supernode_pid), "--preload", ",".join(cfg.preload),
-               "--superexec-auth-secret-file", str(self.secret_path)]
+               "--superexec-auth-secret-file", str(self.secret_path), "--supernode-log", str(self.log_path)]
         if cfg.task_poll_s is not None:
             cmd += ["--poll-interval", f"{cfg.task_poll_s:g}"]
         return cmd

@@ -316,3 +316,22 @@ def test_timing_mod_writes_one_line_per_message_only_when_asked(tmp_path: Path, 
     assert rec["type"] == "train" and rec["group"] == "round-1.group-0" and rec["name"] == "site-a"
     assert rec["pid"] == os.getpid() and rec["ray_node"] is None and rec["compute"] == pytest.approx(0.04)
     assert rec["process_start"] <= rec["created"] <= rec["enter"] and rec["exit"] - rec["enter"] >= 0.05
+
+
+def test_fork_server_waits_until_the_supernode_has_received_the_message(tmp_path: Path) -> None:
+    log = tmp_path / "supernode.log"
+    log.write_bytes(b"\x1b[92mINFO \x1b[0m:      Receiving: query message (ID: 1)\nINFO : Received successfully\n"
+                    b"INFO : Receiving: train message (ID: 2)\n")
+    gate = fs.ReceptionGate(str(log))
+    t0 = time.monotonic()
+    assert gate.wait(0.2) >= 0.2 and gate.begun == 2 and gate.ended == 1  # still downloading: waited it out
+    with open(log, "ab") as f:
+        f.write(b"INFO : Received succ")  # a line being written does not count yet
+    gate.scan()
+    assert gate.ended == 1
+    with open(log, "ab") as f:
+        f.write(b"essfully\n")
+    assert gate.wait(5.0) < 0.5 and gate.ended == 2
+    assert time.monotonic() - t0 < 3
+    assert fs.ReceptionGate(None).wait(5.0) < 0.1  # no log: nothing waits
+    assert fs.ReceptionGate(str(tmp_path / "other-wording.log")).wait(5.0) < 0.1
