@@ -25,11 +25,15 @@ per-message timing (`FEDMTL_CLIENT_TIMING`, see client/timing.py), and reports
 and where a message's time goes (mean per message, from the clients' timing and the
 timestamps of their SuperNode's log lines):
 
-    deliver   coordinator built the message -> the SuperNode logged "Receiving" (idle poll)
-    launch    "Receiving" -> the ClientApp process started (object download, task poll, spawn)
+    deliver   coordinator built the message (or, if it queued behind this client's previous
+              message, that one's reply was sent) -> the SuperNode logged "Receiving": the
+              ServerApp's push, the SuperNode's idle poll
+    launch    "Receiving" -> the ClientApp process started (object download, and its back-off
+              if an object was not uploaded yet; task poll; process spawn)
     startup   process start -> handler entered (imports, FAB install, app load, task input)
     handler   handler time that is not compute (data folder, model build, serialization)
-    reply     handler left -> the SuperNode logged "Sent successfully" (its 0.5 s reply poll, upload)
+    reply     handler left -> the SuperNode logged "Sent successfully" (it looks for the reply,
+              and for each of its objects, every 0.5 s; the upload)
     coord     per round: the gaps between a phase's last reply sent and the next messages'
               creation, summed (the coordinator's reply poll and its own work: fusion,
               history, checkpoint)
@@ -307,7 +311,9 @@ def _messages(records: list[dict[str, Any]], events: list[list[tuple[float, str]
         sent = [t for t, what in stamps if what == "Sent successfully"]
         for k, rec in enumerate(recs):
             m = dict(rec, round=_round_of(rec["group"]), received=received[k] if k < len(received) else None,
-                     sent=sent[k] if k < len(sent) else None)
+                     sent=sent[k] if k < len(sent) else None,
+                     # a message queued behind this client's previous one waits for it, not for a poll
+                     ready=max(rec["created"], sent[k - 1]) if 0 < k <= len(sent) else rec["created"])
             out.append(m)
     return out
 
@@ -355,7 +361,7 @@ def breakdown(messages: list[dict[str, Any]]) -> dict[str, float]:
         if m["round"] is None:
             continue
         if m["received"] is not None:
-            parts["deliver"].append(m["received"] - m["created"])
+            parts["deliver"].append(m["received"] - m["ready"])
             parts["launch"].append(m["process_start"] - m["received"])
         parts["startup"].append(m["enter"] - m["process_start"])
         parts["handler"].append(m["exit"] - m["enter"] - (m["compute"] or 0.0))

@@ -65,7 +65,9 @@ from collections.abc import Sequence
 #: Packages of the fedmtl app: never preloaded (children must import them from the run's FAB).
 APP_PACKAGES = frozenset({"client", "coordinator", "tasks", "strategies", "common", "launch", "testbed", "fedmtl"})
 
-DEFAULT_PRELOAD = ("numpy", "torch")
+#: numpy and torch, plus what torch imports lazily on a ClientApp's first training step: creating
+#: an optimizer imports torch._dynamo (about 1.5 s on a busy 2-core machine, every message).
+DEFAULT_PRELOAD = ("numpy", "torch", "torch.optim", "torch._dynamo")
 
 
 def _log(text: str) -> None:
@@ -75,11 +77,16 @@ def _log(text: str) -> None:
 def preload(modules: Sequence[str]) -> float:
     """Import the heavy modules every ClientApp needs, plus Flower's ClientApp runtime; seconds taken."""
     started = time.perf_counter()
+    # Any CUDA availability check (by torch or by a preloaded module) asks NVML instead of the
+    # CUDA runtime: a CUDA driver initialised here could not be used by the forked children.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     for name in modules:
         if name.split(".")[0] in APP_PACKAGES:
             raise ValueError(f"--preload {name}: app modules must be imported by each task from its FAB, not preloaded")
         importlib.import_module(name)
     importlib.import_module("flwr.supernode.runtime.run_clientapp")
+    if _cuda_initialized():
+        raise RuntimeError(f"preloading {list(modules)} initialised CUDA: forked ClientApps could not use it")
     return time.perf_counter() - started
 
 
@@ -121,13 +128,15 @@ def _run_child(runtime_api_address: str, token: str, parent: int) -> None:
 
 
 def _start_time(pid: int) -> str | None:
-    """The kernel's start time of a process (with its pid it names one process), None if gone."""
+    """The kernel's start time of a process (with its pid it names one process); None if it is
+    gone or a zombie (dead, not yet reaped: a container without init keeps those)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             data = f.read()
     except OSError:
         return None
-    return data[data.rfind(")") + 2:].split()[19]
+    fields = data[data.rfind(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 class ReceptionGate:
@@ -264,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process (the SuperNode) is gone")
     p.add_argument("--poll-interval", type=float, default=0.05, help="seconds between AcquireTask polls")
     p.add_argument("--preload", default=",".join(DEFAULT_PRELOAD),
-                   help="comma-separated modules to import once before forking (default numpy,torch)")
+                   help=f"comma-separated modules to import once before forking (default {','.join(DEFAULT_PRELOAD)})")
     p.add_argument("--superexec-auth-secret-file", default=None,
                    help="the SuperNode's --superexec-auth-secret-file (signs AcquireTask)")
     p.add_argument("--supernode-log", default=None,

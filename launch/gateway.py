@@ -32,7 +32,9 @@ Long-polling ``pull-messages``
 An idle ``flower-supernode`` sleeps a hard-coded 3 s after every pull that
 found no message; the gateway holds such pulls open until a message is there
 (``launch/gateway_hold.py``), so a new message reaches its client within
-``pull_poll_s`` instead of 0-3 s later. ``pull_hold_s=0`` turns this off.
+``pull_poll_s`` instead of 0-3 s later, and holds a ``pull-object`` for an
+object not uploaded yet instead of letting the SuperNode back off 1-4 s.
+``pull_hold_s=0`` turns both off.
 
 Run it as a process::
 
@@ -59,7 +61,7 @@ from typing import Any
 
 import httpx
 
-from launch.gateway_hold import DEFAULT_PULL_HOLD_S, DEFAULT_PULL_POLL_S, PULL_ROUTE, PullHolder
+from launch.gateway_hold import DEFAULT_PULL_HOLD_S, DEFAULT_PULL_POLL_S, HELD_ROUTES, PullHolder
 
 __all__ = [
     "FLEET_ROUTES",
@@ -333,7 +335,7 @@ class FleetGateway:
         # Forward the canonical (decoded, allow-listed) path and no query
         # string: Flower's Fleet routes take none, and nothing else can ride along.
         url = scope["path"]
-        if url == PULL_ROUTE and await self.holder.forward(self._client, url, headers, bytes(body), receive, send):
+        if url in HELD_ROUTES and await self.holder.forward(self._client, url, headers, bytes(body), receive, send):
             self.forwarded += 1
             return
         try:

@@ -1,4 +1,4 @@
-"""Long-polling `pull-messages` at the Fleet gateway: a new message reaches its SuperNode at once.
+"""Long-polling at the Fleet gateway: a new message, and its objects, reach the SuperNode at once.
 
 Why
 ---
@@ -16,6 +16,15 @@ every `poll_s` (default 0.2 s) until a message is there or `hold_s` (default 20 
 SuperNode's 30 s read timeout, `flwr/supercore/protobuf/client.py`) has passed, then relays
 that answer. To the SuperNode this is an ordinary, slower pull; it never reaches its 3 s sleep
 while messages keep coming. Nothing of Flower is patched.
+
+The same for `pull-object`: the ServerApp stores a message before it has uploaded the message's
+objects (the model), so a SuperNode that gets the message within 0.2 s may ask for an object that
+is not there yet; it is told "not available" and backs off 1 s, then 2 s, 4 s ...
+(`PULL_INITIAL_BACKOFF`, `flwr/supercore/inflatable/inflatable_utils.py`, hard-coded). The gateway
+holds such a `pull-object` answer ("found, not available") and asks again every
+`object_poll_s` (default 0.02 s) until the object is there or the hold ends: the SuperNode gets
+the object as soon as it is uploaded. Pulling an object changes nothing on the SuperLink
+(`flwr/superlink/servicer/fleet/fleet_handlers.py`, `pull_object`).
 
 Why it is safe
 --------------
@@ -43,13 +52,17 @@ from typing import Any
 
 import httpx
 
-__all__ = ["DEFAULT_PULL_HOLD_S", "DEFAULT_PULL_POLL_S", "PULL_ROUTE", "PullHolder"]
+__all__ = ["DEFAULT_OBJECT_POLL_S", "DEFAULT_PULL_HOLD_S", "DEFAULT_PULL_POLL_S", "HELD_ROUTES", "OBJECT_ROUTE",
+           "PULL_ROUTE", "PullHolder"]
 
 LOG = logging.getLogger("fedmtl.fleet_gateway")
 
 PULL_ROUTE = "/v1/fleet/pull-messages"
+OBJECT_ROUTE = "/v1/fleet/pull-object"
+HELD_ROUTES = frozenset({PULL_ROUTE, OBJECT_ROUTE})
 DEFAULT_PULL_HOLD_S = 20.0
 DEFAULT_PULL_POLL_S = 0.2
+DEFAULT_OBJECT_POLL_S = 0.02
 
 # Response headers never relayed (hop-by-hop, or set by the gateway's own server).
 _RESP_DROP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
@@ -60,21 +73,31 @@ _RESP_DROP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 class PullHolder:
     """Holds empty `pull-messages` answers until a message arrives (see the module docstring)."""
 
-    def __init__(self, hold_s: float = DEFAULT_PULL_HOLD_S, poll_s: float = DEFAULT_PULL_POLL_S) -> None:
+    def __init__(self, hold_s: float = DEFAULT_PULL_HOLD_S, poll_s: float = DEFAULT_PULL_POLL_S,
+                 object_poll_s: float = DEFAULT_OBJECT_POLL_S) -> None:
         self.hold_s = hold_s
         self.poll_s = poll_s
+        self.object_poll_s = object_poll_s
         self.held = 0  # pulls answered after at least one re-send
+        self.held_objects = 0
         self._holds: dict[int, asyncio.Event] = {}  # node id -> "stop holding" of its current pull
 
     async def forward(self, client: httpx.AsyncClient, url: str, headers: list[tuple[bytes, bytes]], body: bytes,
                       receive: Any, send: Any) -> bool:
-        """Forward one pull (holding it while it finds no message); False if not handled here
-        (holding off, or a body that is not a readable pull request): forward it normally."""
-        if self.hold_s <= 0:
+        """Forward one `pull-messages` (held while it finds no message) or `pull-object` (held while
+        the object is not uploaded yet); False if not handled here (holding off, another route, or
+        a body that is not a readable request): forward it normally."""
+        if self.hold_s <= 0 or url not in HELD_ROUTES:
             return False
-        node = _pull_node_id(body)
-        if node is None:
-            return False
+        if url == PULL_ROUTE:
+            node = _pull_node_id(body)
+            if node is None:
+                return False
+            waiting, poll_s = _empty_pull, self.poll_s
+        else:
+            if not _is_object_request(body):
+                return False
+            node, waiting, poll_s = None, _object_pending, self.object_poll_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.hold_s
         stop = asyncio.Event()
@@ -97,19 +120,22 @@ class PullHolder:
                     await _plain(send, 502, b"SuperLink unreachable\n")  # retryable for flower-supernode
                     return True
                 polls += 1
-                empty = resp.status_code == 200 and _empty_pull(raw)
+                empty = resp.status_code == 200 and waiting(raw)
                 if not empty or stop.is_set() or loop.time() >= deadline:
                     break
-                if polls == 1:
+                if polls == 1 and node is not None:
                     # The SuperLink accepted this request (signature, node id): only now may it end
                     # an older hold of the same node (a SuperNode that gave up on that request).
                     previous = self._holds.get(node)
                     if previous is not None:
                         previous.set()
                     self._holds[node] = stop
-                await asyncio.wait({gone, stopped}, timeout=min(self.poll_s, max(0.0, deadline - loop.time())))
+                await asyncio.wait({gone, stopped}, timeout=min(poll_s, max(0.0, deadline - loop.time())))
             if polls > 1:
-                self.held += 1
+                if node is None:
+                    self.held_objects += 1
+                else:
+                    self.held += 1
             out_headers = [(k.lower(), v) for k, v in resp.headers.raw
                            if k.lower().decode("latin-1") not in _RESP_DROP | {"content-encoding", "content-length"}]
             out_headers.append((b"content-length", str(len(raw)).encode()))
@@ -120,7 +146,7 @@ class PullHolder:
         finally:
             gone.cancel()
             stopped.cancel()
-            if self._holds.get(node) is stop:
+            if node is not None and self._holds.get(node) is stop:
                 del self._holds[node]
         return True
 
@@ -135,6 +161,29 @@ def _pull_node_id(body: bytes) -> int | None:
         return int(request.node.node_id)
     except Exception:  # noqa: BLE001 - anything unexpected is forwarded as it is
         return None
+
+
+def _is_object_request(body: bytes) -> bool:
+    try:
+        from flwr.proto.message_pb2 import PullObjectRequest  # pylint: disable=E0611,C0415
+
+        request = PullObjectRequest()
+        request.ParseFromString(body)
+        return bool(request.object_id)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _object_pending(raw: bytes) -> bool:
+    """True if a `pull-object` answer says the object exists but is not uploaded yet."""
+    try:
+        from flwr.proto.message_pb2 import PullObjectResponse  # pylint: disable=E0611,C0415
+
+        response = PullObjectResponse()
+        response.ParseFromString(raw)
+        return response.object_found and not response.object_available
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _empty_pull(raw: bytes) -> bool:

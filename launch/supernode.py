@@ -182,7 +182,7 @@ class SuperNodeConfig:
     env: dict[str, str] = field(default_factory=dict)
     extra_args: Sequence[str] = ()
     executor: str = "fork"
-    preload: Sequence[str] = ("numpy", "torch")
+    preload: Sequence[str] = ("numpy", "torch", "torch.optim", "torch._dynamo")
     task_poll_s: float | None = 0.05
 
     def __post_init__(self) -> None:

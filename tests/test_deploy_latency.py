@@ -22,6 +22,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse  # pylint: disable=E0611
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
+from flwr.proto.message_pb2 import PullObjectRequest, PullObjectResponse  # pylint: disable=E0611
 from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
 
 from client import data as client_data
@@ -30,7 +31,7 @@ from client.folder import ClientDataError, folder_fingerprint, read_client_dir, 
 from client.timing import TIMING_ENV, timing_mod
 from launch import clientapp_forkserver as fs
 from launch.gateway import GatewayConfig, gateway_command
-from launch.gateway_hold import PULL_ROUTE, PullHolder
+from launch.gateway_hold import OBJECT_ROUTE, PULL_ROUTE, PullHolder
 from launch.supernode import FORKSERVER, TASK_POLL_ENV, SuperNodeConfig, SuperNodeProcess
 from tasks.suite import TaskData, TaskSpec
 
@@ -74,7 +75,7 @@ def _client(answers: list[tuple[int, bytes]], calls: list[float]) -> httpx.Async
     """A fake SuperLink answering pulls from `answers` in turn (the last one repeats)."""
 
     async def handler(request: httpx.Request) -> httpx.Response:
-        assert request.url.path == PULL_ROUTE and request.headers["x-signed"] == "yes"  # re-sent unchanged
+        assert request.url.path in (PULL_ROUTE, OBJECT_ROUTE) and request.headers["x-signed"] == "yes"  # unchanged
         calls.append(time.monotonic())
         status, body = answers[min(len(calls) - 1, len(answers) - 1)]
         return httpx.Response(status, content=body)
@@ -183,6 +184,26 @@ def test_holding_off_or_an_unreadable_body_forwards_normally() -> None:
     assert asyncio.run(go()) == (False, False)
 
 
+def test_an_object_not_uploaded_yet_is_held_until_it_is() -> None:
+    body = PullObjectRequest(node=Node(node_id=7), run_id=1, object_id="abc").SerializeToString()
+    pending = PullObjectResponse(object_found=True, object_available=False).SerializeToString()
+    ready = PullObjectResponse(object_found=True, object_available=True, object_content=b"weights").SerializeToString()
+    missing = PullObjectResponse(object_found=False, object_available=False).SerializeToString()
+
+    async def go(answers: list[tuple[int, bytes]]) -> tuple[_Asgi, list[float], PullHolder]:
+        calls: list[float] = []
+        holder = PullHolder(hold_s=5.0, object_poll_s=0.01)
+        asgi = _Asgi()
+        async with _client(answers, calls) as client:
+            assert await holder.forward(client, OBJECT_ROUTE, HEADERS, body, asgi.receive, asgi.send)
+        return asgi, calls, holder
+
+    asgi, calls, holder = asyncio.run(go([(200, pending), (200, pending), (200, ready)]))
+    assert len(calls) == 3 and asgi.body == ready and holder.held_objects == 1 and holder.held == 0
+    asgi, calls, _ = asyncio.run(go([(200, missing)]))  # an unknown object is Flower's error: relayed at once
+    assert len(calls) == 1 and asgi.body == missing
+
+
 def test_gateway_config_and_command_carry_the_hold() -> None:
     cfg = GatewayConfig(listen="0.0.0.0:9092", upstream="127.0.0.1:9093", insecure=True, pull_hold_s=0.0)
     cmd = gateway_command(cfg)
@@ -208,7 +229,7 @@ def test_fork_executor_runs_the_supernode_in_process_isolation(tmp_path: Path) -
     fork = node.executor_command(supernode_pid=4242)
     assert fork[:2] == [sys.executable, str(FORKSERVER)]
     assert fork[fork.index("--runtime-api-address") + 1] == "127.0.0.1:9555"
-    assert fork[fork.index("--parent-pid") + 1] == "4242" and fork[fork.index("--preload") + 1] == "numpy,torch"
+    assert fork[fork.index("--parent-pid") + 1] == "4242" and fork[fork.index("--preload") + 1] == ",".join(fs.DEFAULT_PRELOAD)
     assert fork[fork.index("--superexec-auth-secret-file") + 1] == str(node.secret_path)
     assert fork[fork.index("--poll-interval") + 1] == "0.05"
 
