@@ -28,8 +28,9 @@ timestamps of their SuperNode's log lines):
     deliver   coordinator built the message (or, if it queued behind this client's previous
               message, that one's reply was sent) -> the SuperNode logged "Receiving": the
               ServerApp's push, the SuperNode's idle poll
-    launch    "Receiving" -> the ClientApp process started (object download, and its back-off
-              if an object was not uploaded yet; task poll; process spawn)
+    download  "Receiving" -> "Received successfully": the SuperNode downloads the message's
+              objects (one request per tensor, 2 at a time; waits for objects not uploaded yet)
+    launch    "Received successfully" -> the ClientApp process started (task poll, spawn)
     startup   process start -> handler entered (imports, FAB install, app load, task input)
     handler   handler time that is not compute (data folder, model build, serialization)
     reply     handler left -> the SuperNode logged "Sent successfully" (it looks for the reply,
@@ -247,7 +248,8 @@ def run_variant(name: str, setup: Setup, rounds: int, timeout: float) -> Variant
             work = vroot / f"work_{i}"
             work.mkdir()
             (work / "supernode.log").touch()
-            stampers.append(LineStamper(work / "supernode.log", ("Receiving:", "Sent successfully")))
+            stampers.append(LineStamper(work / "supernode.log", ("Receiving:", "Received successfully",
+                                                                 "Sent successfully")))
             procs.append(start(f"client_{i}", [
                 "client", "--coordinator", f"127.0.0.1:{port}", "--data", setup.data / f"client_{i}",
                 "--key", setup.keys / f"client_{i}" / f"client_{i}.key", "--ca", vroot / "public" / "ca.crt",
@@ -308,9 +310,11 @@ def _messages(records: list[dict[str, Any]], events: list[list[tuple[float, str]
         recs = sorted(by_client[name], key=lambda r: r["enter"])
         stamps = events[i] if i < len(events) else []
         received = [t for t, what in stamps if what == "Receiving:"]
+        downloaded = [t for t, what in stamps if what == "Received successfully"]
         sent = [t for t, what in stamps if what == "Sent successfully"]
         for k, rec in enumerate(recs):
             m = dict(rec, round=_round_of(rec["group"]), received=received[k] if k < len(received) else None,
+                     downloaded=downloaded[k] if k < len(downloaded) else None,
                      sent=sent[k] if k < len(sent) else None,
                      # a message queued behind this client's previous one waits for it, not for a poll
                      ready=max(rec["created"], sent[k - 1]) if 0 < k <= len(sent) else rec["created"])
@@ -345,24 +349,31 @@ def _rounds(history: dict[str, Any], messages: list[dict[str, Any]]) -> list[dic
         if evaluate and nxt and all(m["sent"] for m in evaluate):
             coord_gap += max(0.0, min(m["created"] for m in nxt) - max(m["sent"] for m in evaluate))
         seconds = float(entry["seconds"])
+        # the full period, from this round's first train message to the next round's: includes
+        # the end-of-round work (history, checkpoint) that `seconds` stops short of
+        starts = [m["created"] for m in msgs if m["type"].startswith("train")]
+        next_starts = [m["created"] for m in nxt if m["type"].startswith("train")]
+        period = min(next_starts) - min(starts) if starts and next_starts else None
         compute = entry.get("compute", {})
         train_sum = float(compute.get("train_seconds", 0.0)) + float(compute.get("affinity_seconds", 0.0))
         rows.append({"round": r, "seconds": seconds, "train_seconds": train_sum, "critical_compute": critical,
                      "overhead": seconds - critical, "overhead_vs_sum": seconds - train_sum,
-                     "messages": len(msgs), "groups": len(entry["groups"]),
+                     "messages": len(msgs), "groups": len(entry["groups"]), "period": period,
                      # the last round has no next round: its end-of-round gap is unknown
                      "coord_gap": coord_gap if nxt else None})
     return rows
 
 
 def breakdown(messages: list[dict[str, Any]]) -> dict[str, float]:
-    parts: dict[str, list[float]] = {k: [] for k in ("deliver", "launch", "startup", "handler", "reply")}
+    parts: dict[str, list[float]] = {k: [] for k in ("deliver", "download", "launch", "startup", "handler", "reply")}
     for m in messages:
         if m["round"] is None:
             continue
         if m["received"] is not None:
             parts["deliver"].append(m["received"] - m["ready"])
-            parts["launch"].append(m["process_start"] - m["received"])
+        if m["received"] is not None and m["downloaded"] is not None:
+            parts["download"].append(m["downloaded"] - m["received"])
+            parts["launch"].append(m["process_start"] - m["downloaded"])
         parts["startup"].append(m["enter"] - m["process_start"])
         parts["handler"].append(m["exit"] - m["enter"] - (m["compute"] or 0.0))
         if m["sent"] is not None:
@@ -374,10 +385,12 @@ def summary(res: VariantResult) -> dict[str, Any]:
     rows = res.rounds
     mean = lambda key: statistics.fmean(r[key] for r in rows) if rows else float("nan")  # noqa: E731
     gaps = [r["coord_gap"] for r in rows if r["coord_gap"] is not None]
+    periods = [r["period"] for r in rows if r["period"] is not None]
     return {"rounds": len(rows), "wall": res.wall, "round_seconds": mean("seconds"),
             "critical_compute": mean("critical_compute"), "overhead": mean("overhead"),
             "overhead_vs_sum": mean("overhead_vs_sum"), "messages_per_round": mean("messages"),
-            "coord_gap": statistics.fmean(gaps) if gaps else float("nan"), "per_message": breakdown(res.messages)}
+            "coord_gap": statistics.fmean(gaps) if gaps else float("nan"),
+            "period": statistics.fmean(periods) if periods else float("nan"), "per_message": breakdown(res.messages)}
 
 
 # --------------------------------------------------------------------------- report
@@ -404,20 +417,22 @@ def machine() -> dict[str, Any]:
 
 def print_table(results: list[VariantResult]) -> None:
     print()
-    print(f"{'variant':8} {'rounds':>6} {'s/round':>8} {'compute':>8} {'overhead':>9} {'vs sum':>7} "
-          f"{'msgs':>5} | {'deliver':>7} {'launch':>6} {'startup':>7} {'handler':>7} {'reply':>6} | {'coord':>6}")
+    print(f"{'variant':8} {'rounds':>6} {'s/round':>8} {'period':>7} {'compute':>8} {'overhead':>9} {'vs sum':>7} "
+          f"{'msgs':>5} | {'deliver':>7} {'downl.':>6} {'launch':>6} {'startup':>7} {'handler':>7} {'reply':>6} | "
+          f"{'coord':>6}")
     for res in results:
         if res.error:
             print(f"{res.name:8} FAILED: {res.error.splitlines()[0]}")
             continue
         s = summary(res)
         pm = s["per_message"]
-        print(f"{res.name:8} {s['rounds']:6d} {s['round_seconds']:8.2f} {s['critical_compute']:8.2f} "
+        print(f"{res.name:8} {s['rounds']:6d} {s['round_seconds']:8.2f} {s['period']:7.2f} {s['critical_compute']:8.2f} "
               f"{s['overhead']:9.2f} {s['overhead_vs_sum']:7.2f} {s['messages_per_round']:5.1f} | "
-              f"{pm['deliver']:7.2f} {pm['launch']:6.2f} {pm['startup']:7.2f} {pm['handler']:7.2f} "
+              f"{pm['deliver']:7.2f} {pm['download']:6.2f} {pm['launch']:6.2f} {pm['startup']:7.2f} {pm['handler']:7.2f} "
               f"{pm['reply']:6.2f} | {s['coord_gap']:6.2f}")
-    print("\noverhead = round seconds - busiest client's compute (mean over rounds >= 1); vs sum = round seconds -"
-          " training summed over clients.\nper-message columns: mean seconds per message; coord: per round.")
+    print("\ns/round: history's round seconds; period: first train message to the next round's (rounds with a next);"
+          "\noverhead = s/round - busiest client's compute (mean over rounds >= 1); vs sum = s/round - training summed"
+          " over clients.\nper-message columns: mean seconds per message; coord: per round.")
     for res in results:
         if res.error or not res.rounds:
             continue

@@ -279,6 +279,8 @@ class FleetGateway:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
+                LOG.info("forwarded %d requests; answered %d message pulls and %d object pulls after holding them",
+                         self.forwarded, self.holder.held, self.holder.held_objects)
                 if self._client is not None:
                     await self._client.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
