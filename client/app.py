@@ -14,11 +14,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.data import client_name, local_tasks
+from client.data import client_name, client_suite, local_tasks
 from client.timing import timing_mod
 from client.training import TrainConfig, evaluate_multitask, resolve_device, train_multitask
 from tasks import protocol as P
-from tasks.registry import load_suite
 
 app = ClientApp(mods=[timing_mod])  # records per-message timing only when FEDMTL_CLIENT_TIMING is set
 
@@ -35,10 +34,16 @@ def _data(context: Context, cfg: dict):
     return local_tasks(dict(context.node_config), str(cfg["suite"]), int(cfg.get("data-seed", 0)), str(cfg.get("data-root", "")))
 
 
-def _model(msg: Message, cfg: dict, tasks: list[str]):
-    """Rebuild the group's model for `tasks` and load the weights the coordinator sent."""
-    model = load_suite(str(cfg["suite"])).build_model(tasks)
-    state = msg.content[P.MODEL].to_torch_state_dict()
+def _model(record: ArrayRecord, context: Context, cfg: dict, tasks: list[str]):
+    """Rebuild the group's model for `tasks` and load the weights the coordinator sent.
+
+    The record holds the group's whole model (one record serves every client of the group);
+    only the body and the heads of `tasks` are decoded and loaded. The suite is one this client
+    trusts (`client.data.client_suite`).
+    """
+    model = client_suite(dict(context.node_config), str(cfg["suite"])).build_model(tasks)
+    wanted = set(model.state_dict())
+    state = {k: torch.from_numpy(record[k].numpy()) for k in record.keys() if k in wanted}
     model.load_state_dict(state, strict=True)
     return model
 
@@ -56,13 +61,14 @@ def query(msg: Message, context: Context) -> Message:
     cfg = _config(msg)
     data = _data(context, cfg)
     names = sorted(data)
+    # Exact Python types: Flower's ConfigRecord refuses numpy scalars and mixed-type lists.
     info = ConfigRecord(
         {
-            "name": client_name(dict(context.node_config)),
+            "name": str(client_name(dict(context.node_config))),
             "device": str(resolve_device(str(cfg.get("device", "auto")))),
-            "tasks": names,
-            "train-examples": [data[t].num_train for t in names],
-            "test-examples": [data[t].num_test for t in names],
+            "tasks": [str(t) for t in names],
+            "train-examples": [int(data[t].num_train) for t in names],
+            "test-examples": [int(data[t].num_test) for t in names],
         }
     )
     return Message(RecordDict({P.INFO: info}), reply_to=msg)
@@ -76,13 +82,14 @@ def train(msg: Message, context: Context) -> Message:
     tasks = [t for t in cfg["tasks"] if t in data]
     if not tasks:
         raise ValueError(f"asked to train tasks {list(cfg['tasks'])} but this client holds {sorted(data)}")
-    model = _model(msg, cfg, tasks)
+    model = _model(msg.content[P.MODEL], context, cfg, tasks)
     train_cfg = TrainConfig(
         local_epochs=int(cfg.get("local-epochs", 1)),
         local_steps=int(cfg.get("local-steps", 0)),
         batch_size=int(cfg.get("batch-size", 32)),
         lr=float(cfg.get("lr", 0.05)),
         momentum=float(cfg.get("momentum", 0.9)),
+        optimizer=str(cfg.get("optimizer", "sgd")),
         seed=_node_seed(cfg, context),
         affinity_every=int(cfg.get("affinity-every", 0)),
         affinity_batch_size=int(cfg.get("affinity-batch-size", 0)),
@@ -95,8 +102,8 @@ def train(msg: Message, context: Context) -> Message:
         P.STEPS: result.steps,
     }
     for t in tasks:
-        metrics[P.task_key(P.EXAMPLES, t)] = result.examples[t]
-        metrics[P.task_key(P.LOSS, t)] = result.mean_loss[t]
+        metrics[P.task_key(P.EXAMPLES, t)] = int(result.examples[t])
+        metrics[P.task_key(P.LOSS, t)] = float(result.mean_loss[t])
     for signal, stats in (("lookahead", result.lookahead), ("cosine", result.cosine)):
         if stats is not None:
             metrics.update(stats.to_metrics(signal))
@@ -105,7 +112,6 @@ def train(msg: Message, context: Context) -> Message:
         {
             P.MODEL: ArrayRecord(state),
             P.METRICS: MetricRecord(metrics),
-            P.CONFIG: ConfigRecord({"tasks": tasks}),
         }
     )
     return Message(content, reply_to=msg)
@@ -113,15 +119,22 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Per-task accuracy and loss of the received model on this client's own test split."""
+    """Per-task accuracy and loss of the received models on this client's own test split.
+
+    One message carries a model per task group this client holds tasks of ("model.<gid>",
+    with the tasks to evaluate in config "tasks.<gid>").
+    """
     cfg = _config(msg)
     data = _data(context, cfg)
-    tasks = [t for t in cfg["tasks"] if t in data]
-    model = _model(msg, cfg, tasks)
     started = time.perf_counter()
-    results = evaluate_multitask(model, data, tasks, device=str(cfg.get("device", "auto")))
-    metrics: dict[str, float] = {"eval-seconds": time.perf_counter() - started}
-    for t, r in results.items():
-        for name, value in r.items():
-            metrics[P.task_key(name, t)] = value
+    metrics: dict[str, float] = {}
+    for gid in cfg[P.EVAL_GROUPS]:
+        tasks = [t for t in cfg[P.group_key("tasks", gid)] if t in data]
+        if not tasks:
+            continue
+        model = _model(msg.content[P.group_key(P.MODEL, gid)], context, cfg, tasks)
+        for t, r in evaluate_multitask(model, data, tasks, device=str(cfg.get("device", "auto"))).items():
+            for name, value in r.items():
+                metrics[P.task_key(name, t)] = value
+    metrics["eval-seconds"] = time.perf_counter() - started
     return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -4,6 +4,7 @@ Deployed clients read their own folder (`data-dir` in the SuperNode's node confi
 by `fedmtl prepare-data` or by the user). Simulated clients have only `partition-id` and
 `num-partitions`, so they cut their share out of the suite named in the message config.
 Either way the data never leaves the client; only its task names and counts are reported.
+A deployed client loads only suites it trusts (`client/trust.py`), checked before any import.
 
 A deployed client runs every message in a fresh process (Flower's isolation), so the folder is
 read once per message. Two things keep that cheap and safe:
@@ -24,8 +25,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from client.folder import MANIFEST, check_against_suite, folder_fingerprint, read_client_dir
+from client.trust import check_suite_trusted
 from tasks.registry import load_suite
-from tasks.suite import TaskData
+from tasks.suite import Suite, TaskData
 
 #: Environment variable with `{"dir": <abs folder>, "fingerprint": <folder_fingerprint>}` of a
 #: folder `fedmtl client` validated before starting its SuperNode.
@@ -34,7 +36,7 @@ VALIDATED_ENV = "FEDMTL_VALIDATED_DATA"
 
 @lru_cache(maxsize=8)
 def _partition(suite: str, partition_id: int, num_partitions: int, seed: int, data_root: str) -> dict[str, TaskData]:
-    return load_suite(suite).load_partition(partition_id, num_partitions, seed, data_root)
+    return load_suite(suite).partition(partition_id, num_partitions, seed, data_root)
 
 
 def validated_fingerprint(data_dir: str) -> str:
@@ -71,8 +73,16 @@ def _folder(data_dir: str, suite: str = "") -> tuple[dict, dict[str, TaskData]]:
     return manifest, tasks
 
 
+def client_suite(node_config: dict, suite: str) -> Suite:
+    """The suite the run config names, if this client trusts it (`client/trust.py`): checked
+    before anything of it is imported."""
+    check_suite_trusted(suite, node_config)
+    return load_suite(suite)
+
+
 def local_tasks(node_config: dict, suite: str, seed: int, data_root: str) -> dict[str, TaskData]:
     """The tasks this client holds, with its private train/test splits."""
+    check_suite_trusted(suite, node_config)
     data_dir = str(node_config.get("data-dir", "") or "")
     if data_dir:
         return _folder(data_dir, suite)[1]

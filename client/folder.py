@@ -3,7 +3,7 @@
     DIR/manifest.json        {"format": "fedmtl-client-data/1", "suite": <suite name>,
                               "name": <client name>,
                               "tasks": {<task>: {"num_classes": int, "train": n, "test": n}}}
-    DIR/<task>/train.npz     arrays x (float32, N x ...) and y (int64, N)
+    DIR/<task>/train.npz     arrays x (float32, N x ...; or int64 token ids, N x L) and y (int64, N)
     DIR/<task>/test.npz      same
 
 A deployed client's data is prepared by hand or by other tools, so reading VALIDATES everything
@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ from tasks.suite import Suite, TaskData, TaskSpec
 FORMAT = "fedmtl-client-data/1"
 MANIFEST = "manifest.json"
 SPLITS = ("train", "test")
+# Integer inputs are token ids (text suites). Only wide signed ints qualify: uint8 inputs are far
+# more likely raw pixels someone forgot to scale, and are refused as before.
+TOKEN_ID_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
 class ClientDataError(ValueError):
@@ -80,10 +83,16 @@ def write_client_dir(
         (directory / task).mkdir(exist_ok=True)
         for split in SPLITS:
             x, y = _split_arrays(data, split)
-            np.savez_compressed(directory / task / f"{split}.npz", x=x.astype(np.float32), y=y.astype(np.int64))
+            np.savez_compressed(directory / task / f"{split}.npz", x=_stored_inputs(x), y=y.astype(np.int64))
     # The manifest goes last: a folder interrupted mid-write has none and is rejected on read.
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return directory
+
+
+def _stored_inputs(x: np.ndarray) -> np.ndarray:
+    """Floats (pixels, vectors) as float32; integers (token ids of text suites) as int64."""
+    x = np.asarray(x)
+    return x.astype(np.int64) if x.dtype in TOKEN_ID_DTYPES else x.astype(np.float32)
 
 
 def _split_arrays(data: TaskData, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -91,17 +100,21 @@ def _split_arrays(data: TaskData, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare_client_dirs(
-    suite: Suite, num_clients: int, out_dir: str | Path, seed: int = 0, data_root: str = ""
+    suite: Suite, num_clients: int, out_dir: str | Path, seed: int = 0, data_root: str = "",
+    on_written: Callable[[Path], None] | None = None,
 ) -> list[Path]:
-    """Write `out_dir/client_0 .. client_{N-1}` from the suite's partition into `num_clients` clients."""
+    """Write `out_dir/client_0 .. client_{N-1}` from the suite's partition into `num_clients` clients
+    (`on_written(path)` after each, for progress)."""
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     out_dir = Path(out_dir)
     paths = []
     for k in range(num_clients):
         name = f"client_{k}"
-        tasks = suite.load_partition(k, num_clients, seed, data_root)
+        tasks = suite.partition(k, num_clients, seed, data_root)
         paths.append(write_client_dir(out_dir / name, tasks, suite.name, name, suite.tasks))
+        if on_written is not None:
+            on_written(paths[-1])
     return paths
 
 
@@ -162,7 +175,7 @@ def read_client_dir(directory: str | Path, suite: Suite | None = None,
                 raise ClientDataError(
                     f"{path} (task {task!r}) holds {len(y)} examples but {directory / MANIFEST} says {split}={info[split]}"
                 )
-            arrays[split] = (x.astype(np.float32, copy=False), y.astype(np.int64, copy=False))
+            arrays[split] = (_stored_inputs(x), y.astype(np.int64, copy=False))
         if info["train"] < 1:
             raise ClientDataError(f"{task_dir / 'train.npz'} (task {task!r}) has no training examples")
         tasks[task] = TaskData(arrays["train"][0], arrays["train"][1], arrays["test"][0], arrays["test"][1])
@@ -229,11 +242,13 @@ def _read_npz(path: Path, task: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str, values: bool = True) -> None:
-    """The rules every split obeys: float inputs with no NaN/inf, 1-D integer labels in range, equal lengths.
-    `values=False` skips the checks that read every value (range, NaN/inf): for a folder already validated."""
+    """The rules every split obeys: float inputs with no NaN/inf (or non-negative integer token ids),
+    1-D integer labels in range, equal lengths. `values=False` skips the checks that read every
+    value (label range, NaN/inf, negative token ids): for a folder already validated."""
     x, y = np.asarray(x), np.asarray(y)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ClientDataError(f"{where}: x has dtype {x.dtype}, expected float32 (scale raw pixels to floats first)")
+    if x.dtype not in TOKEN_ID_DTYPES and not np.issubdtype(x.dtype, np.floating):
+        raise ClientDataError(f"{where}: x has dtype {x.dtype}, expected float32 (scale raw pixels to floats first) "
+                              "or int32/int64 token ids")
     if x.ndim < 2:
         raise ClientDataError(f"{where}: x must have a leading example axis and at least one feature axis, got shape {x.shape}")
     if y.ndim != 1:
@@ -248,5 +263,7 @@ def _check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str, va
         raise ClientDataError(
             f"{where}: labels must be in [0, {num_classes - 1}] (num_classes={num_classes}), found min {y.min()} max {y.max()}"
         )
-    if not np.isfinite(x).all():
+    if x.dtype in TOKEN_ID_DTYPES and x.size and x.min() < 0:
+        raise ClientDataError(f"{where}: x holds integer inputs (token ids) but some are negative (min {x.min()})")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
         raise ClientDataError(f"{where}: x contains {int((~np.isfinite(x)).sum())} NaN/inf values")

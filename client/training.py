@@ -30,6 +30,7 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw" (pretrained transformers; lr ~1e-4)
     seed: int = 0
     affinity_every: int = 0  # 0 = do not measure affinity
     affinity_batch_size: int = 0  # > batch_size: measure on larger batches of their own (less noise)
@@ -88,6 +89,20 @@ class _TaskStream:
         return self.x[idx], self.y[idx]
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (small bodies trained from scratch) or AdamW (pretrained transformers,
+    which SGD finetunes poorly in few steps). Frozen parameters (requires_grad False) are skipped."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer {cfg.optimizer!r} is not one of {OPTIMIZERS}")
+
+
 def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: list[str], cfg: TrainConfig) -> TrainResult:
     """Fine-tune `model` in place on `tasks` (each must be in `data` and have a head)."""
     if not tasks:
@@ -100,7 +115,7 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
     generator = torch.Generator().manual_seed(cfg.seed)
     streams = {t: _TaskStream(data[t], cfg.batch_size, generator, device) for t in tasks}
     steps = cfg.local_steps if cfg.local_steps > 0 else cfg.local_epochs * max(s.batches_per_epoch for s in streams.values())
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     measure = cfg.affinity_every > 0 and len(tasks) >= 2
     probe_streams = streams
     if measure and cfg.affinity_batch_size > cfg.batch_size:

@@ -287,23 +287,7 @@ def load_latest_checkpoint(root: str | os.PathLike) -> Checkpoint | None:
     CheckpointError when `round_*` dirs exist but none verifies. Hidden `.tmp-*` dirs (saves
     killed mid-write) are not checkpoints and are ignored.
     """
-    root = Path(root)
-    candidates = _round_dirs(root)
-    problems: list[str] = []
-    for _, path in candidates:
-        try:
-            ckpt = _read_checkpoint(path)
-        except _Invalid as err:
-            log.warning("checkpoint %s is invalid, falling back to an older one: %s", path.name, err)
-            problems.append(str(err))
-            continue
-        if problems:
-            log.warning("resuming from older checkpoint %s after %d invalid newer one(s)", path.name, len(problems))
-        _check_latest_pointer(root, path)
-        return ckpt
-    if candidates:
-        raise CheckpointError(f"no valid checkpoint under {root}: " + "; ".join(problems))
-    return None
+    return load_compatible_checkpoint(root, None)
 
 
 def _check_latest_pointer(root: Path, used: Path) -> None:
@@ -347,3 +331,188 @@ def restore_rng_state(rng: dict[str, Any]) -> None:
     )
     raw = bytearray(base64.b64decode(rng["torch"]))
     torch.set_rng_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
+
+
+# ----------------------------------------------------------------------------- whose checkpoints, and do they fit
+
+#: Where a run keeps its checkpoints, under its output folder.
+CHECKPOINT_DIR = "checkpoints"
+
+#: Keys that make a checkpoint another run altogether: another model, data split or randomness.
+IDENTITY_KEYS = ("suite", "seed", "data-seed")
+#: Keys that decide what the grouping means (MAS split, dynamic re-grouping, the affinity driving them).
+SPLIT_KEYS = ("split-round", "max-groups", "affinity-signal", "affinity-average")
+DYNAMIC_KEYS = ("regroup-every", "regroup-rounds", "regroup-margin")
+
+
+def existing_checkpoint_rounds(root: str | os.PathLike) -> list[int]:
+    """Rounds of the `round_*` folders under `root`, newest first (valid or not)."""
+    return [rnd for rnd, _ in _round_dirs(Path(root))]
+
+
+def fresh_run_problem(out: str | os.PathLike) -> str | None:
+    """Why a fresh run (not `--resume`) must not start in `out`, or None.
+
+    A fresh run saving its round 0 would prune every newer checkpoint of the run that was there
+    before (see `_prune`): hours of someone's training gone without a word. So a folder that
+    already holds checkpoints is refused unless the user says so (`--overwrite`, which calls
+    `clear_checkpoints`) or resumes it.
+    """
+    root = Path(out) / CHECKPOINT_DIR
+    rounds = existing_checkpoint_rounds(root)
+    if not rounds:
+        return None
+    what = ""
+    try:
+        state = json.loads((root / round_dir_name(rounds[0]) / STATE_FILE).read_text())
+        saved = checkpoint_config(state) or {}
+        what = f" (suite {saved.get('suite')!r}, mode {saved.get('mode')!r})" if saved else ""
+    except (OSError, ValueError):
+        pass
+    return (f"{Path(out)} already holds the checkpoints of another run{what}, up to round {rounds[0]}: a fresh run "
+            f"there would delete them. Continue that run with --resume, write this one elsewhere (--out), or "
+            f"pass --overwrite to replace them")
+
+
+def clear_checkpoints(out: str | os.PathLike) -> int:
+    """Remove the checkpoints under `out` (the user asked: `--overwrite`); returns how many."""
+    root = Path(out) / CHECKPOINT_DIR
+    count = len(existing_checkpoint_rounds(root))
+    if root.exists():
+        shutil.rmtree(root)
+    return count
+
+
+def checkpoint_config(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The run config a checkpoint was written with: `state["config"]`, else the history's."""
+    config = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(config, dict):
+        history = state.get("history") if isinstance(state, dict) else None
+        config = history.get("config") if isinstance(history, dict) else None
+    return dict(config) if isinstance(config, dict) else None
+
+
+def checkpoint_compatibility(saved_config: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """Why a checkpoint written with `saved_config` cannot be resumed with `config` (empty: it can).
+
+    Refused: another suite, seed or data seed (another run), another mode, and, where the mode
+    uses them, the settings that decide what the grouping means: split-round, max-groups, the
+    affinity signal and averaging (with its window or ema), and in dynamic mode the regrouping
+    period, rounds and margin. Everything else (rounds, learning rate, timeouts, fusion, ...)
+    may change on resume. Keys missing from an older checkpoint count as their defaults. Each
+    entry names the key: "mode: 'mas' in the checkpoint, 'dynamic' now".
+    """
+    from coordinator.config import RunConfig  # noqa: PLC0415 - keep this module free of config imports
+
+    defaults = RunConfig().to_dict()
+
+    def get(cfg: dict[str, Any], key: str) -> Any:
+        return cfg.get(key, defaults.get(key))
+
+    keys = [*IDENTITY_KEYS, "mode"]
+    modes = {get(saved_config, "mode"), get(config, "mode")}
+    if modes & {"mas", "dynamic"}:
+        keys += SPLIT_KEYS
+        averages = {get(saved_config, "affinity-average"), get(config, "affinity-average")}
+        if "window" in averages:
+            keys.append("affinity-window")
+        if "ema" in averages:
+            keys.append("affinity-ema")
+    if "dynamic" in modes:
+        keys += DYNAMIC_KEYS
+    problems = []
+    for key in keys:
+        before, now = get(saved_config, key), get(config, key)
+        if before != now:
+            problems.append(f"{key}: {before!r} in the checkpoint, {now!r} now")
+    return problems
+
+
+def checkpoint_state_problems(state: dict[str, Any], tensors: dict[str | int, dict[str, torch.Tensor]],
+                              suite: Any, tensor_key: Any = lambda gid: f"group_{gid}") -> list[str]:
+    """What makes an intact checkpoint unusable with `suite` (empty: usable).
+
+    Checks that `state["groups"]` lists groups (gid, tasks, rounds_trained) whose tasks are the
+    suite's, each task in exactly one group, and that each group's tensors (`tensors[tensor_key(gid)]`)
+    have exactly the names and shapes of `suite.build_model(tasks)` (a suite changed under the
+    same name shows up here, instead of as a crash inside the first fusion).
+    """
+    groups = state.get("groups") if isinstance(state, dict) else None
+    if not isinstance(groups, list) or not groups:
+        return ["the checkpoint lists no task groups"]
+    problems: list[str] = []
+    seen: dict[str, Any] = {}
+    names = set(suite.task_names)
+    for meta in groups:
+        if not isinstance(meta, dict) or not isinstance(meta.get("tasks"), list) or "gid" not in meta:
+            return [f"malformed group entry {meta!r}"]
+        gid, tasks = meta["gid"], [str(t) for t in meta["tasks"]]
+        unknown = sorted(set(tasks) - names)
+        if unknown:
+            problems.append(f"group {gid}: tasks {unknown} are not in suite {getattr(suite, 'name', '?')!r}")
+            continue
+        for t in tasks:
+            if t in seen:
+                problems.append(f"task {t!r} is in groups {seen[t]} and {gid}")
+            seen[t] = gid
+        group_tensors = tensors.get(tensor_key(gid))
+        if group_tensors is None:
+            problems.append(f"group {gid}: no model in the checkpoint")
+            continue
+        want = {k: tuple(v.shape) for k, v in suite.build_model(tasks).state_dict().items()}
+        have = {k: tuple(v.shape) for k, v in group_tensors.items()}
+        if want != have:
+            missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+            shapes = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+            problems.append(f"group {gid}: its model does not fit suite {getattr(suite, 'name', '?')!r} "
+                            f"(missing {missing[:3]}, unexpected {extra[:3]}, other shapes {shapes[:3]})")
+    missing_tasks = sorted(names - set(seen))
+    if missing_tasks and not problems:
+        problems.append(f"tasks {missing_tasks} of the suite are in no group")
+    return problems
+
+
+def load_compatible_checkpoint(root: str | os.PathLike, config: dict[str, Any] | None, suite: Any = None,
+                               tensor_key: Any = lambda gid: f"group_{gid}") -> Checkpoint | None:
+    """The newest checkpoint under `root` that verifies AND fits `config` (and `suite`), or None.
+    With `config` None, only verification counts (`load_latest_checkpoint`).
+
+    Damaged checkpoints, and intact ones whose models or groups do not fit the suite, are skipped
+    with a warning (falling back to an older one). A checkpoint written with other settings
+    (`checkpoint_compatibility`) raises CheckpointError naming the keys: all checkpoints of a run
+    share its settings, so an older one would not fit either. CheckpointError too when there are
+    checkpoints but none is usable.
+    """
+    root = Path(root)
+    candidates = _round_dirs(root)
+    problems: list[str] = []
+    for _, path in candidates:
+        try:
+            ckpt = _read_checkpoint(path)
+        except _Invalid as err:
+            log.warning("checkpoint %s is invalid, falling back to an older one: %s", path.name, err)
+            problems.append(str(err))
+            continue
+        saved = checkpoint_config(ckpt.state) if config is not None else {}
+        if saved is None:
+            problems.append(f"{path}: records no run config")
+            continue
+        differences = checkpoint_compatibility(saved, config) if config is not None else []
+        if differences:
+            raise CheckpointError(
+                f"resume: the checkpoint {path} was written with other settings: {'; '.join(differences)}. "
+                "Resume with the settings it was written with, or start a fresh run (another --out, or --overwrite)")
+        if suite is not None:
+            unfit = checkpoint_state_problems(ckpt.state, ckpt.tensors, suite, tensor_key)
+            if unfit:
+                log.warning("checkpoint %s does not fit the suite, falling back to an older one: %s",
+                            path.name, "; ".join(unfit))
+                problems.append(f"{path}: " + "; ".join(unfit))
+                continue
+        if problems:
+            log.warning("resuming from older checkpoint %s after %d unusable newer one(s)", path.name, len(problems))
+        _check_latest_pointer(root, path)
+        return ckpt
+    if candidates:
+        raise CheckpointError(f"no usable checkpoint under {root}: " + "; ".join(problems))
+    return None

@@ -19,6 +19,8 @@ MODES = ("all-in-one", "separate", "mas", "dynamic")
 FUSIONS = ("uniform", "examples")
 AGGREGATORS = ("mean", "median", "trimmed-mean")
 AFFINITY_AVERAGES = ("mean", "window", "ema")
+OPTIMIZERS = ("sgd", "adamw")
+TRACKING_BACKENDS = ("tensorboard", "mlflow")  # coordinator/tracking.py implements them
 
 
 class ConfigError(ValueError):
@@ -36,7 +38,7 @@ class RunConfig:
     mode: str = "all-in-one"
     # rounds and clients
     rounds: int = 10
-    fraction: float = 1.0  # share of eligible clients sampled per group and round
+    fraction: float = 1.0  # 1: every client; < 1: this share of the connected clients, drawn each round
     min_clients: int = 2  # wait for this many clients before round 1
     min_clients_timeout: float = 300.0
     client_capacity: int = 1  # groups a client trains per round
@@ -47,6 +49,7 @@ class RunConfig:
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw" (pretrained transformers, lr ~1e-4)
     device: str = "auto"
     seed: int = 0
     # fusion
@@ -58,6 +61,7 @@ class RunConfig:
     affinity_every: int = 10
     affinity_batch_size: int = 0  # 0 = the training batch; larger = less noisy measurements
     affinity_signal: str = "lookahead"
+    affinity_monitor: bool = False  # also measure in rounds no split reads (any mode)
     affinity_average: str = "mean"  # over measured rounds: mean (MAS), window (last N) or ema
     affinity_window: int = 5
     affinity_ema: float = 0.5
@@ -71,11 +75,21 @@ class RunConfig:
     quorum: float = 0.5  # share of a group's sampled clients whose valid replies complete its round
     max_retries: int = 1
     max_update_norm: float = 0.0  # 0 = no bound
+    max_update_ratio: float = 10.0  # refuse updates longer than this times the model's own norm (0 = off)
+    max_examples: int = 1_000_000  # per task and client: larger declared counts are refused
+    # identity: path of the client registry (node id -> registered name; coordinator/client_registry.py),
+    # "" = none (simulation, --insecure): clients are known by the names they report
+    client_registry: str = ""
+    # evaluation
+    evaluate_every: int = 1  # rounds between evaluations (round 0 and the last round always)
+    fraction_evaluate: float = 1.0  # share of the connected clients that evaluate
+    evaluate_data: str = ""  # a held-out data folder (client format) the coordinator scores too
     # outputs
     out: str = "runs/latest"
     checkpoint_keep: int = 2
     resume: bool = False
     plots: bool = True
+    tracking: str = ""  # "" or a comma list of tensorboard, mlflow (coordinator/tracking.py)
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -119,6 +133,7 @@ class RunConfig:
         need(self.batch_size >= 1, "batch-size", "must be >= 1")
         need(self.lr > 0, "lr", "must be > 0")
         need(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)")
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device", "must be auto, cpu or cuda[:N]")
         need(0.0 <= self.trim_fraction < 0.5, "trim-fraction", "must be in [0, 0.5)")
         need(self.clip_norm >= 0, "clip-norm", "must be >= 0 (0 disables clipping)")
@@ -135,7 +150,12 @@ class RunConfig:
         need(0.0 < self.quorum <= 1.0, "quorum", "must be in (0, 1]")
         need(self.max_retries >= 0, "max-retries", "must be >= 0")
         need(self.max_update_norm >= 0, "max-update-norm", "must be >= 0 (0 = no bound)")
+        need(self.max_update_ratio >= 0, "max-update-ratio", "must be >= 0 (0 = no bound)")
+        need(1 <= self.max_examples <= 2**31 - 1, "max-examples", "must be in [1, 2^31)")
+        need(self.evaluate_every >= 1, "evaluate-every", "must be >= 1")
+        need(0.0 < self.fraction_evaluate <= 1.0, "fraction-evaluate", "must be in (0, 1]")
         need(self.checkpoint_keep >= 1, "checkpoint-keep", "must be >= 1")
+        need(_tracking_ok(self.tracking), "tracking", f"must be '' or a comma list of {TRACKING_BACKENDS}")
         if self.mode in ("mas", "dynamic"):
             need(self.split_round < self.rounds, "split-round", f"must be < rounds ({self.rounds}) in mode {self.mode!r}")
             need(self.affinity_every >= 1, "affinity-every", f"must be >= 1 in mode {self.mode!r}: it needs affinity")
@@ -146,6 +166,11 @@ class RunConfig:
             raise ConfigError(
                 f"{where}: max-groups = {self.max_groups} but suite {self.suite!r} has only {len(task_names)} tasks"
             )
+
+
+def _tracking_ok(spec: str) -> bool:
+    names = [n.strip().lower() for n in spec.split(",") if n.strip()]
+    return names == ["none"] or all(n in TRACKING_BACKENDS for n in names)
 
 
 def _coerce(key: str, value: Any, annotation: Any, where: str) -> Any:

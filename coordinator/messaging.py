@@ -1,22 +1,42 @@
-"""The only place the coordinator speaks Flower: building messages and reading replies.
+"""The only place the coordinator speaks Flower: building messages and collecting their replies.
 
-Keeping this thin means the round loop deals in `ClientUpdate`s and plain dicts, and the
-algorithms in `strategies/` never see a Flower type.
+Two jobs, both thin:
+
+* `Outbox` builds query, train and evaluate messages. A group's model becomes ONE ArrayRecord
+  per round (per model version), shared by every message that carries it: it is serialised
+  once, and Flower's content addressing uploads it once however many clients receive it.
+* `Exchange` pushes messages and pulls their replies *as they arrive* (Flower's
+  `push_messages` / `pull_messages`), matching each reply to the message it answers by Flower's
+  reply-to id — never by anything the client wrote. The caller folds each reply in (streaming
+  fusion) instead of holding a whole round of replies.
+
+Everything else in the coordinator deals in plain Python types and `strategies/` dataclasses.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from coordinator.config import RunConfig
-from coordinator.state import ClientInfo, TaskGroup
-from strategies.affinity import SIGNALS, AffinityStats
-from strategies.fusion import ClientUpdate
+from coordinator.state import TaskGroup
 from tasks import protocol as P
-from tasks.models import split_state
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What one message asked of whom: the key its reply is matched and checked against."""
+
+    kind: str  # P.QUERY, P.TRAIN or P.EVALUATE
+    node: int
+    gid: int | None = None  # the group a train message trains
+    tasks: tuple[str, ...] = ()  # the tasks it asked for (train), or every task evaluated
+    groups: dict[int, tuple[str, ...]] = field(default_factory=dict, compare=False)  # evaluate: gid -> tasks
+    attempt: int = 0
 
 
 def base_config(cfg: RunConfig, round_: int) -> dict:
@@ -31,112 +51,107 @@ def base_config(cfg: RunConfig, round_: int) -> dict:
     }
 
 
-def query_message(node_id: int, cfg: RunConfig) -> Message:
-    return Message(RecordDict({P.CONFIG: ConfigRecord(base_config(cfg, 0))}), dst_node_id=node_id, message_type=P.QUERY)
-
-
-def parse_query_reply(reply: Message) -> ClientInfo:
-    info = reply.content[P.INFO]
-    tasks = [str(t) for t in info["tasks"]]
-    return ClientInfo(
-        node_id=reply.metadata.src_node_id,
-        name=str(info["name"]),
-        tasks=tasks,
-        train_examples=dict(zip(tasks, (int(n) for n in info["train-examples"]))),
-        test_examples=dict(zip(tasks, (int(n) for n in info["test-examples"]))),
-        device=str(info["device"]),
-    )
-
-
-def train_message(node_id: int, group: TaskGroup, tasks: list[str], cfg: RunConfig, round_: int) -> Message:
-    config = base_config(cfg, round_) | {
-        "group": group.gid,
-        "tasks": tasks,
-        "local-epochs": cfg.local_epochs,
-        "local-steps": cfg.local_steps,
-        "batch-size": cfg.batch_size,
-        "lr": cfg.lr,
-        "momentum": cfg.momentum,
-        "affinity-every": cfg.affinity_every if len(group.tasks) > 1 else 0,
-        "affinity-batch-size": cfg.affinity_batch_size,
-    }
-    content = RecordDict({P.MODEL: ArrayRecord(group.state_for(tasks)), P.CONFIG: ConfigRecord(config)})
-    return Message(content, dst_node_id=node_id, message_type=P.TRAIN, group_id=train_group_id(round_, group.gid))
-
-
 def train_group_id(round_: int, gid: int) -> str:
-    """Flower copies a message's group_id onto its reply (error replies too): it names our group."""
+    """A readable Flower group_id for train messages (logs only: replies are matched by id)."""
     return f"round-{round_}.group-{gid}"
 
 
-def group_of(reply: Message) -> int:
-    """The task group a train reply (or error) answers, from its Flower group_id."""
-    _, _, gid = reply.metadata.group_id.rpartition(".group-")
-    return int(gid) if gid.isdigit() else -1
+class Outbox:
+    """Builds one round's messages; each group model is turned into an ArrayRecord once."""
+
+    def __init__(self, cfg: RunConfig, round_: int) -> None:
+        self.cfg = cfg
+        self.round = round_
+        self._records: dict[tuple[int, int], ArrayRecord] = {}
+
+    def model_record(self, group: TaskGroup) -> ArrayRecord:
+        """The group's whole model (body and every head) as one shared record; rebuilt only when
+        the group's weights changed (`group.version`)."""
+        key = (group.gid, group.version)
+        if key not in self._records:
+            self._records[key] = ArrayRecord(group.state_for(group.tasks))
+        return self._records[key]
+
+    def query(self, node: int) -> tuple[Message, Sent]:
+        content = RecordDict({P.CONFIG: ConfigRecord(base_config(self.cfg, self.round))})
+        return Message(content, dst_node_id=node, message_type=P.QUERY), Sent(P.QUERY, node)
+
+    def train(self, node: int, group: TaskGroup, tasks: list[str], extra: dict, attempt: int = 0) -> tuple[Message, Sent]:
+        """Train `tasks` (the group's tasks this client holds) starting from the group's model.
+
+        `extra` carries the round's training and measurement settings (see `coordinator.train`).
+        """
+        config = base_config(self.cfg, self.round) | {"group": group.gid, "tasks": list(tasks)} | extra
+        content = RecordDict({P.MODEL: self.model_record(group), P.CONFIG: ConfigRecord(config)})
+        msg = Message(content, dst_node_id=node, message_type=P.TRAIN, group_id=train_group_id(self.round, group.gid))
+        return msg, Sent(P.TRAIN, node, group.gid, tuple(tasks), attempt=attempt)
+
+    def evaluate(self, node: int, groups: list[tuple[TaskGroup, list[str]]]) -> tuple[Message, Sent]:
+        """One message evaluates every group this client holds tasks of (one model record each)."""
+        config = base_config(self.cfg, self.round) | {P.EVAL_GROUPS: [g.gid for g, _ in groups]}
+        records: dict = {}
+        for g, tasks in groups:
+            config[P.group_key("tasks", g.gid)] = list(tasks)
+            records[P.group_key(P.MODEL, g.gid)] = self.model_record(g)
+        content = RecordDict(records | {P.CONFIG: ConfigRecord(config)})
+        asked = {g.gid: tuple(tasks) for g, tasks in groups}
+        every = tuple(t for ts in asked.values() for t in ts)
+        return Message(content, dst_node_id=node, message_type=P.EVALUATE, group_id=f"eval-{self.round}"), Sent(
+            P.EVALUATE, node, None, every, groups=asked)
 
 
-def evaluate_message(node_id: int, group: TaskGroup, tasks: list[str], cfg: RunConfig, round_: int) -> Message:
-    config = base_config(cfg, round_) | {"group": group.gid, "tasks": tasks}
-    content = RecordDict({P.MODEL: ArrayRecord(group.state_for(tasks)), P.CONFIG: ConfigRecord(config)})
-    return Message(content, dst_node_id=node_id, message_type=P.EVALUATE, group_id=f"eval-{round_}")
+class Exchange:
+    """Push messages, then pull replies incrementally until all are in or the deadline passes.
 
+    Polls quickly while replies keep coming and backs off (up to `max_poll`) while none do, so a
+    reply is picked up within a fraction of a second instead of Flower's fixed 3 s sleep in
+    `send_and_receive`.
+    """
 
-@dataclass
-class TrainReply:
-    """A train reply decoded into fusion inputs plus the client's bookkeeping."""
+    def __init__(self, grid: Grid, min_poll: float = 0.01, max_poll: float = 0.25) -> None:
+        self.grid = grid
+        self.min_poll = min_poll
+        self.max_poll = max_poll
 
-    update: ClientUpdate
-    losses: dict[str, float]
-    train_seconds: float
-    affinity_seconds: float
-    steps: int
-    affinity: dict[str, AffinityStats] = field(default_factory=dict)
+    def node_ids(self) -> list[int]:
+        return sorted(int(n) for n in self.grid.get_node_ids())
 
+    def push(self, outgoing: list[tuple[Message, Sent]]) -> tuple[dict[str, Sent], list[Sent]]:
+        """Send; returns (message id -> what it asked, messages Flower refused to store)."""
+        if not outgoing:
+            return {}, []
+        ids = list(self.grid.push_messages([m for m, _ in outgoing]))
+        ids += [None] * (len(outgoing) - len(ids))
+        pending = {str(mid): sent for mid, (_, sent) in zip(ids, outgoing) if mid}
+        refused = [sent for mid, (_, sent) in zip(ids, outgoing) if not mid]
+        return pending, refused
 
-def parse_train_reply(reply: Message) -> TrainReply:
-    """Decode a train reply; raises ValueError with the reason if the reply is malformed."""
-    for key in (P.MODEL, P.METRICS, P.CONFIG):
-        if key not in reply.content:
-            raise ValueError(f"reply has no {key!r} record (records: {sorted(reply.content.keys())})")
-    tasks = [str(t) for t in reply.content[P.CONFIG]["tasks"]]
-    metrics = dict(reply.content[P.METRICS])
-    state = reply.content[P.MODEL].to_torch_state_dict()
-    body, heads = split_state(state)
-    examples, losses = {}, {}
-    for t in tasks:
-        ex_key, loss_key = P.task_key(P.EXAMPLES, t), P.task_key(P.LOSS, t)
-        if ex_key not in metrics or loss_key not in metrics:
-            raise ValueError(f"reply lacks {ex_key!r} or {loss_key!r}")
-        examples[t] = metrics[ex_key]
-        losses[t] = float(metrics[loss_key])
-    affinity = {s: AffinityStats.from_metrics(metrics, prefix=s) for s in SIGNALS}
-    affinity = {s: stats for s, stats in affinity.items() if stats.n > 0}
-    return TrainReply(
-        update=ClientUpdate(node_id=reply.metadata.src_node_id, body=body, heads=heads, examples=examples),
-        losses=losses,
-        train_seconds=float(metrics.get(P.TRAIN_SECONDS, 0.0)),
-        affinity_seconds=float(metrics.get(P.AFFINITY_SECONDS, 0.0)),
-        steps=int(metrics.get(P.STEPS, 0)),
-        affinity=affinity,
-    )
+    def collect(self, pending: dict[str, Sent], timeout: float) -> Iterator[tuple[Sent, Message]]:
+        """Yield (what was asked, its reply) as replies arrive. Replies to ids we did not send, or a
+        second reply to one message, are skipped: only Flower's reply-to id decides the match.
+        On return, `pending` holds the messages that got no reply in time."""
+        deadline = time.monotonic() + timeout
+        poll = self.min_poll
+        while pending:
+            got = list(self.grid.pull_messages(list(pending)))
+            for reply in got:
+                sent = pending.pop(str(reply.metadata.reply_to_message_id), None)
+                if sent is not None:
+                    yield sent, reply
+            if not pending or time.monotonic() >= deadline:
+                return
+            poll = self.min_poll if got else min(self.max_poll, poll * 2)
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
 
-
-def parse_evaluate_reply(reply: Message) -> dict[str, dict[str, float]]:
-    """{task: {accuracy, loss, examples}} for every task the client evaluated."""
-    metrics = dict(reply.content[P.METRICS])
-    prefix = P.ACCURACY + "."
-    tasks = [k[len(prefix):] for k in metrics if k.startswith(prefix)]
-    return {t: {name: float(metrics[P.task_key(name, t)]) for name in (P.ACCURACY, P.LOSS, P.EXAMPLES)} for t in tasks}
+    def send(self, outgoing: list[tuple[Message, Sent]], timeout: float) -> tuple[list[tuple[Sent, Message]], list[Sent]]:
+        """Push and collect everything: (answered pairs, messages left unanswered)."""
+        pending, refused = self.push(outgoing)
+        answered = list(self.collect(pending, timeout))
+        return answered, refused + list(pending.values())
 
 
 def error_text(reply: Message) -> str:
     """The client's error as one line (Flower carries the exception text in `reason`)."""
     err = reply.error
     reason = (err.reason or "").strip().splitlines()
-    return f"code {err.code}: {reason[-1] if reason else 'no reason given'}"
-
-
-def send(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
-    if not messages:
-        return []
-    return list(grid.send_and_receive(messages, timeout=timeout))
+    return f"code {err.code}: {reason[-1][:300] if reason else 'no reason given'}"

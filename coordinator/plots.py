@@ -26,8 +26,13 @@ def write_plots(history: dict, out_dir: Path) -> list[Path]:
     return [p for p in paths if p is not None]
 
 
+def _evaluated(rounds: list[dict]) -> list[dict]:
+    """The rounds that evaluated the models (`evaluate-every` may skip some)."""
+    return [r for r in rounds if r.get("evaluated", True) and r.get("metrics")]
+
+
 def plot_accuracy(history: dict, path: Path) -> Path:
-    tasks, rounds = history["tasks"], history["rounds"]
+    tasks, rounds = history["tasks"], _evaluated(history["rounds"])
     xs = [r["round"] for r in rounds]
     fig, ax = plt.subplots(figsize=(8, 5))
     for task in tasks:
@@ -56,10 +61,11 @@ def cumulative_compute(history: dict) -> list[float]:
 
 def plot_accuracy_vs_compute(history: dict, path: Path) -> Path:
     """Mean accuracy against the client compute spent so far: how modes compare per unit of work."""
-    rounds = history["rounds"]
+    spent_by_round = dict(zip((r["round"] for r in history["rounds"]), cumulative_compute(history)))
+    rounds = _evaluated(history["rounds"])
     means = [mean_accuracy(r["metrics"]) for r in rounds]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    spent = cumulative_compute(history)
+    spent = [spent_by_round[r["round"]] for r in rounds]
     ax.plot(spent, means, marker="o", color="black")
     for r, x, y in zip(rounds, spent, means):
         if r["round"] % max(1, len(rounds) // 8) == 0:

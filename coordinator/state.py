@@ -1,4 +1,5 @@
-"""What the coordinator knows between rounds: the clients, the task groups and their weights."""
+"""What the coordinator knows between rounds: the clients, the task groups and their weights,
+and what one round did."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from strategies.fusion import State
 
 @dataclass
 class ClientInfo:
-    """A client as it described itself in its query reply (its data stays on its disk)."""
+    """A client as it described itself when it joined (its data stays on its disk).
+
+    `train_examples` / `test_examples` are what it declared then, already bounded by the run's
+    `max-examples`; later replies are checked against them.
+    """
 
     node_id: int
     name: str
@@ -23,13 +28,18 @@ class ClientInfo:
 
 @dataclass
 class TaskGroup:
-    """A set of tasks trained together: one shared body and one head per task."""
+    """A set of tasks trained together: one shared body and one head per task.
+
+    `version` counts weight changes, so a message record built from the weights can be reused
+    until they change (see `coordinator.messaging.Outbox`).
+    """
 
     gid: int
     tasks: list[str]
     body: State
     heads: dict[str, State]
     rounds_trained: int = 0
+    version: int = 0
 
     def state_for(self, tasks: list[str]) -> State:
         """The state dict a client needs to train or evaluate `tasks` of this group."""
@@ -42,6 +52,10 @@ class TaskGroup:
         """Flat tensors for safetensors files (contiguous CPU copies)."""
         return {k: v.detach().cpu().contiguous() for k, v in self.state_for(self.tasks).items()}
 
+    def set_weights(self, body: State, heads: dict[str, State]) -> None:
+        self.body, self.heads = body, {t: heads[t] for t in self.tasks}
+        self.version += 1
+
 
 @dataclass
 class RoundOutcome:
@@ -50,12 +64,20 @@ class RoundOutcome:
     round: int
     groups: list[list[str]]
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    clients: list[int] = field(default_factory=list)
-    assignments: dict[str, list[int]] = field(default_factory=dict)
+    evaluated: bool = False
+    held_out: dict[str, dict[str, float]] = field(default_factory=dict)  # on the operator's data
+    clients: list[str] = field(default_factory=list)
+    assignments: dict[str, list[str]] = field(default_factory=dict)
     compute: dict[str, object] = field(default_factory=dict)
     affinity: dict[str, object] = field(default_factory=dict)
+    joined: list[str] = field(default_factory=list)
     dropped: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+
+    def reject(self, node: int, client: str, group: int | None, reasons: list[str], kind: str) -> None:
+        """A reply that was refused: recorded with who sent it, for which group, and why."""
+        self.rejected.append({"node": node, "client": client, "group": group, "kind": kind, "reasons": reasons})

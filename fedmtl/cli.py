@@ -1,8 +1,10 @@
-"""The `fedmtl` command: simulate a federation, run a coordinator, join as a client, prepare data.
+"""The `fedmtl` command: simulate a federation, run a coordinator, join as a client, prepare data,
+and use what a run produced (predict, evaluate, dashboard).
 
 Each subcommand lives with the side that runs it: `coordinator.commands` (simulate, coordinator,
-certs, keys) and `client.commands` (client, prepare-data). This file only wires them into one
-argparse parser and turns known errors into one clear line and exit code 2.
+certs, keys), `client.commands` (client, prepare-data), `fedmtl.commands` (predict, evaluate,
+dashboard) and `experiments` (coldfusion). This file only wires them into one argparse parser
+and turns known errors into one clear line and exit code 2.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import sys
 from client.commands import client, prepare_data
 from coordinator.commands import certs, coordinator, keys, simulate
 from coordinator.config import ConfigError
+from experiments.coldfusion import command as coldfusion
+from fedmtl.commands import dashboard, evaluate, predict
 
-COMMANDS = (simulate, coordinator, client, prepare_data, certs, keys)
+COMMANDS = (simulate, coordinator, client, prepare_data, certs, keys, predict, evaluate, dashboard, coldfusion)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 
 Why this exists
 ---------------
-``flower-superlink`` 1.41 serves three APIs on ONE HTTP(S) port: Fleet
+``flower-superlink`` (1.41, 1.42) serves three APIs on ONE HTTP(S) port: Fleet
 (``/v1/fleet/*``, used by SuperNodes), Control (``/v1/control/*``: ``flwr
 run/ls/stop/log``, ``flwr supernode register``) and Runtime (``/v1/runtime/*``,
 used by the ServerApp), plus ``/docs`` and ``/openapi.json``. Control has no
@@ -10,11 +10,11 @@ credential in the open-source build (account auth is Flower Enterprise), so
 whoever reaches that port can list, start and stop runs and register a new
 SuperNode key, which defeats SuperNode authentication.
 
-Flower 1.41 has no option to put Fleet on its own address: ``--host/--port``
+Flower 1.41 and 1.42 have no option to put Fleet on its own address: ``--host/--port``
 bind all three APIs together, ``--fleet-api-address`` is deprecated and
 ignored for the HTTP Fleet API, and the undocumented
 ``FLWR_INTERNAL_GRPC_FLEET_API=1`` switch starts the *legacy gRPC* Fleet
-servicer, which ``flower-supernode`` 1.41 cannot talk to any more (its only
+servicer, which ``flower-supernode`` 1.41/1.42 cannot talk to any more (its only
 transport is protobuf-over-HTTP, ``flwr/supernode/fleet_http_connection.py``).
 
 So fedmtl runs the SuperLink on the loopback interface only
@@ -44,28 +44,46 @@ Run it as a process::
         --upstream-ca-certfile ca.crt
 
 or build the argument list with :func:`gateway_command`.
+
+Limits (``launch/gateway_limits.py``; figures in docs/security.md): body size per route,
+connections and requests in flight in total, per peer address and per key, header / TLS
+handshake / body deadlines. With ``--authorized-keys DIR`` (what ``fedmtl coordinator`` passes)
+every request must carry a SuperNode signature by one of those keys, checked on the headers
+before any body byte is read (``launch/gateway_auth.py``); bodies are streamed to the SuperLink,
+never buffered. Every refusal is logged with the peer's address and the reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import ipaddress
+import json
 import logging
 import ssl
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from launch.gateway_auth import (
+    PUBLIC_KEY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    AuthorizedKeys,
+    check_signed_headers,
+)
+from launch.gateway_limits import GatewayLimits, InFlight, RefusalLog
 from launch.gateway_hold import DEFAULT_PULL_HOLD_S, DEFAULT_PULL_POLL_S, HELD_ROUTES, PullHolder
 
 __all__ = [
     "FLEET_ROUTES",
     "GatewayConfig",
+    "GatewayLimits",
     "FleetGateway",
     "parse_hostport",
     "gateway_command",
@@ -75,7 +93,7 @@ __all__ = [
 
 LOG = logging.getLogger("fedmtl.fleet_gateway")
 
-#: The only requests that pass: what ``flower-supernode`` 1.41 sends
+#: The only requests that pass: what ``flower-supernode`` 1.42 sends
 #: (``flwr/supernode/fleet_http_client.py``; the SuperLink's fleet router in
 #: ``flwr/superlink/routers/fleet/router.py`` has exactly these, all POST).
 FLEET_ROUTES: frozenset[str] = frozenset(
@@ -112,11 +130,23 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _REQ_DROP = _HOP_BY_HOP | {"forwarded", "x-forwarded-for", "x-forwarded-proto",
-                           "x-forwarded-host", "x-real-ip", "content-length"}
+                           "x-forwarded-host", "x-real-ip", "content-length", "expect"}
 _RESP_DROP = _HOP_BY_HOP | {"server", "date"}
+#: Headers that must appear once: the gateway and the SuperLink must judge the same values.
+_SINGLE_HEADERS = frozenset({"content-length", PUBLIC_KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER})
 
-#: Flower chunks objects at 5 MiB; requests are a protobuf message each.
-DEFAULT_MAX_BODY = 64 * 1024 * 1024
+#: Kept for callers of the old single limit: the big-route default (Flower's array chunk + 1 MiB).
+DEFAULT_MAX_BODY = GatewayLimits().max_body_bytes
+
+#: What the SuperLink itself answers (flwr 1.42 error catalogue), so ``flower-supernode`` reacts
+#: to a refusal by the gateway exactly as to one by the SuperLink (and ``fedmtl client``
+#: recognises it): an unknown key on activate-node -> 412 code 2004 "Failed to activate
+#: SuperNode."; self-registration with authentication on -> 412 code 2001; a bad signature on
+#: any other route -> 401 "Invalid SuperNode authentication" (the SuperNode then stops).
+_ACTIVATION_FAILED = (412, {"code": 2004, "detail": "Failed to activate SuperNode."})
+_REGISTRATION_DISABLED = (412, {"code": 2001, "detail": "SuperNode authentication is enabled. "
+                                                       "All SuperNodes must be registered via the CLI."})
+_UNAUTHENTICATED = (401, {"detail": "Invalid SuperNode authentication"})
 
 
 
@@ -152,7 +182,7 @@ def _fmt(host: str, port: int) -> str:
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """Where to listen, where to forward, with which TLS material.
+    """Where to listen, where to forward, with which TLS material, keys and limits.
 
     ``insecure=True`` serves plain HTTP and talks plain HTTP to the SuperLink
     (only for a SuperLink started with ``--insecure``). Otherwise
@@ -160,7 +190,9 @@ class GatewayConfig:
     is fine: its SAN covers the public names) and ``upstream_ca_certfile``
     (the federation CA, which signed the SuperLink certificate; the upstream
     address, normally 127.0.0.1, must be in that certificate's SAN) are
-    required.
+    required. ``authorized_keys`` (a folder of ``*.pub``, TLS mode only) makes
+    the gateway refuse every request not signed by one of those keys before
+    reading its body; without it the SuperLink alone checks signatures.
     """
 
     listen: str
@@ -169,8 +201,8 @@ class GatewayConfig:
     ssl_keyfile: str | None = None
     upstream_ca_certfile: str | None = None
     insecure: bool = False
-    max_body_bytes: int = DEFAULT_MAX_BODY
-    upstream_timeout_s: float = 60.0
+    authorized_keys: str | None = None
+    limits: GatewayLimits = field(default_factory=GatewayLimits)
     pull_hold_s: float = DEFAULT_PULL_HOLD_S
     pull_poll_s: float = DEFAULT_PULL_POLL_S
 
@@ -183,6 +215,8 @@ class GatewayConfig:
         if not 0.01 <= self.pull_poll_s <= 5:
             raise ValueError(f"pull poll interval {self.pull_poll_s} s: must be between 0.01 and 5 s")
         uh, _ = parse_hostport(self.upstream)
+        if self.insecure and self.authorized_keys:
+            raise ValueError("--authorized-keys needs TLS: SuperNode signatures are only sent over TLS")
         if not self.insecure:
             missing = [
                 flag
@@ -216,6 +250,8 @@ class GatewayConfig:
                     )
             except SecurityError as exc:
                 raise ValueError(str(exc)) from exc
+        if self.authorized_keys and not Path(self.authorized_keys).is_dir():
+            raise ValueError(f"--authorized-keys {self.authorized_keys}: not a folder")
         try:
             is_loopback = ipaddress.ip_address(uh).is_loopback
         except ValueError:
@@ -234,15 +270,42 @@ class GatewayConfig:
         return f"{'http' if self.insecure else 'https'}://{_fmt(h, p)}"
 
 
+class _Refused(Exception):
+    """The request is refused mid-body: status, client-visible body, logged reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its body was complete."""
+
+
 class FleetGateway:
-    """ASGI app forwarding the Fleet routes to the SuperLink, 404 for the rest."""
+    """ASGI app forwarding the Fleet routes to the SuperLink, 404 for the rest.
+
+    Counters (for tests and the shutdown line): `refused`, `forwarded`, and `largest`
+    (route -> largest body forwarded), which shows what each route really needs.
+    """
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
+        self.limits = config.limits
+        self.inflight = InFlight()
+        self.refusals = RefusalLog()
+        self.keys = AuthorizedKeys(config.authorized_keys) if config.authorized_keys else None
         self._client: httpx.AsyncClient | None = None
-        self.refused = 0
         self.forwarded = 0
-        self.holder = PullHolder(config.pull_hold_s, config.pull_poll_s)
+        self.holder = PullHolder(config.pull_hold_s, config.pull_poll_s,
+                                 max_held=max(1, self.limits.max_requests // 2),
+                                 max_held_per_peer=max(1, self.limits.max_requests_per_peer // 2))
+        self.largest: dict[str, int] = {}
+
+    @property
+    def refused(self) -> int:
+        return self.refusals.total
 
     # -- ASGI ------------------------------------------------------------- #
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -255,18 +318,74 @@ class FleetGateway:
             return
         path = scope.get("path", "")
         method = scope.get("method", "")
-        client = scope.get("client") or ("?", 0)
+        peer = (scope.get("client") or ("?", 0))[0]
+        what = f"{method[:16]} {path[:200]!r}"
         if method != "POST" or path not in FLEET_ROUTES:
-            self.refused += 1
-            LOG.warning(
-                "Refused %s %r from %s (only the Fleet API is exposed)",
-                method[:16],
-                path[:200],
-                client[0],
-            )
+            self.refusals.refused(peer, what, "not a Fleet API route (only the Fleet API is exposed)")
             await _plain(send, 404, b"Not Found\n")
             return
-        await self._forward(scope, receive, send, client[0])
+        why = self.inflight.start_request(peer, self.limits)
+        if why is not None:
+            self.refusals.refused(peer, what, why)
+            await _plain(send, 503, b"Too many requests\n", retry_after=True)
+            return
+        try:
+            await self._screen_and_forward(scope, receive, send, peer, what)
+        finally:
+            self.inflight.end_request(peer)
+
+    async def _screen_and_forward(self, scope: dict[str, Any], receive: Any, send: Any,
+                                  peer: str, what: str) -> None:
+        path = scope["path"]
+        headers: dict[str, str] = {}
+        declared: int | None = None
+        for k, v in scope.get("headers", []):
+            name = k.decode("latin-1").lower()
+            if name in headers and name in _SINGLE_HEADERS:
+                self.refusals.refused(peer, what, f"header {name} given twice")
+                await _plain(send, 400, b"Duplicate header\n")
+                return
+            headers[name] = v.decode("latin-1")
+        if "content-length" in headers:
+            try:
+                declared = int(headers["content-length"])
+                if declared < 0:
+                    raise ValueError
+            except ValueError:
+                self.refusals.refused(peer, what, f"bad Content-Length {headers['content-length'][:40]!r}")
+                await _plain(send, 400, b"Bad Content-Length\n")
+                return
+        limit = self.limits.route_limit(path)
+        if declared is not None and declared > limit:
+            self.refusals.refused(peer, what, f"body of {declared} bytes declared, over this route's limit of {limit}")
+            await _plain(send, 413, b"Request too large\n")
+            return
+        key_name: str | None = None
+        if self.keys is not None:
+            if path == "/v1/fleet/register-node":
+                self.refusals.refused(peer, what, "self-registration is disabled (SuperNode authentication is on)")
+                await _json(send, *_REGISTRATION_DISABLED)
+                return
+            verdict = check_signed_headers(headers, self.keys)
+            if not verdict.ok:
+                self.refusals.refused(peer, what, f"unauthenticated: {verdict.reason}")
+                if verdict.unknown_key and path == "/v1/fleet/activate-node":
+                    await _json(send, *_ACTIVATION_FAILED)
+                else:
+                    await _json(send, *_UNAUTHENTICATED)
+                return
+            key_name = verdict.key_name
+            why = self.inflight.start_key(str(key_name), self.limits)
+            if why is not None:
+                self.refusals.refused(peer, what, why)
+                await _plain(send, 503, b"Too many requests\n", retry_after=True)
+                return
+        try:
+            await self._forward(scope, receive, send, peer, what, scope.get("headers", []), declared, limit,
+                                key_name)
+        finally:
+            if key_name is not None:
+                self.inflight.end_key(key_name)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -279,10 +398,15 @@ class FleetGateway:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
-                LOG.info("forwarded %d requests; answered %d message pulls and %d object pulls after holding them",
-                         self.forwarded, self.holder.held, self.holder.held_objects)
+                LOG.info("held pulls: %d message pulls and %d object pulls answered after holding them, "
+                         "%d not held (limit reached)", self.holder.held, self.holder.held_objects,
+                         self.holder.not_held)
                 if self._client is not None:
                     await self._client.aclose()
+                self.refusals.flush()
+                sizes = ", ".join(f"{p.rsplit('/', 1)[1]} {n:,}" for p, n in sorted(self.largest.items()))
+                LOG.info("Fleet gateway stopping: %d requests forwarded, %d refused; largest bodies (bytes): %s",
+                         self.forwarded, self.refused, sizes or "none")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -294,74 +418,92 @@ class FleetGateway:
         return httpx.AsyncClient(
             base_url=cfg.upstream_url,
             verify=verify,
-            timeout=httpx.Timeout(cfg.upstream_timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            timeout=httpx.Timeout(cfg.limits.upstream_timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=max(8, cfg.limits.max_requests), max_keepalive_connections=50),
             follow_redirects=False,
             trust_env=False,  # never route to an HTTP(S)_PROXY from the env
         )
 
-    async def _forward(self, scope: dict[str, Any], receive: Any, send: Any, peer: str) -> None:
+    def _body(self, receive: Any, path: str, declared: int | None, limit: int,
+              state: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The request body as it arrives, checked against the route's size limit and the
+        body deadlines; raises _Refused / _ClientGone (also noted in `state`, since the HTTP
+        client may wrap what its content iterator raises)."""
+        limits = self.limits
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.body_deadline_s(declared, path)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            received = 0
+            while True:
+                remaining = deadline - loop.time()
+                wait = min(remaining, limits.body_idle_timeout_s)
+                try:
+                    if wait <= 0:
+                        raise asyncio.TimeoutError
+                    msg = await asyncio.wait_for(receive(), timeout=wait)
+                except asyncio.TimeoutError:
+                    if remaining <= limits.body_idle_timeout_s:
+                        why = (f"body not complete within {limits.body_deadline_s(declared, path):.0f}s "
+                               f"({received} of {declared if declared is not None else '?'} bytes; slow client)")
+                    else:
+                        why = f"no body data for {limits.body_idle_timeout_s:g}s ({received} bytes so far; slow client)"
+                    state["error"] = _Refused(408, why)
+                    raise state["error"] from None
+                if msg["type"] == "http.disconnect":
+                    state["error"] = _ClientGone()
+                    raise state["error"]
+                chunk = msg.get("body", b"")
+                received += len(chunk)
+                if received > limit:
+                    state["error"] = _Refused(413, f"body over this route's limit of {limit} bytes")
+                    raise state["error"]
+                state["received"] = received
+                if chunk:
+                    yield chunk
+                if not msg.get("more_body", False):
+                    return
+
+        return chunks()
+
+    async def _forward(self, scope: dict[str, Any], receive: Any, send: Any, peer: str, what: str,
+                       raw_headers: Sequence[tuple[bytes, bytes]], declared: int | None, limit: int,
+                       key_name: str | None) -> None:
         if self._client is None:  # lifespan off (e.g. some test servers)
             self._client = self._make_client()
-        headers: list[tuple[bytes, bytes]] = []
-        declared_len: int | None = None
-        for k, v in scope.get("headers", []):
-            lk = k.lower()
-            if lk == b"content-length":
-                try:
-                    declared_len = int(v)
-                except ValueError:
-                    await _plain(send, 400, b"Bad Content-Length\n")
-                    return
-            if lk.decode("latin-1") in _REQ_DROP:
-                continue
-            headers.append((k, v))
-        if declared_len is not None and declared_len > self.config.max_body_bytes:
-            await _plain(send, 413, b"Request too large\n")
-            return
-        body = bytearray()
-        more = True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            body += msg.get("body", b"")
-            more = msg.get("more_body", False)
-            if len(body) > self.config.max_body_bytes:
-                await _plain(send, 413, b"Request too large\n")
-                return
+        path = scope["path"]
+        headers: list[tuple[bytes, bytes]] = [
+            (k, v) for k, v in raw_headers if k.lower().decode("latin-1") not in _REQ_DROP]
+        if declared is not None:
+            headers.append((b"content-length", str(declared).encode()))
         headers.append((b"x-forwarded-for", peer.encode("latin-1")))
         headers.append(
             (b"x-forwarded-proto", b"http" if self.config.insecure else b"https")
         )
+        state: dict[str, Any] = {"received": 0}
         # Forward the canonical (decoded, allow-listed) path and no query
         # string: Flower's Fleet routes take none, and nothing else can ride along.
-        url = scope["path"]
-        if url in HELD_ROUTES and await self.holder.forward(self._client, url, headers, bytes(body), receive, send):
-            self.forwarded += 1
+        if path in HELD_ROUTES and self.holder.enabled:
+            await self._forward_held(receive, send, peer, what, path, headers, declared, limit, key_name)
             return
         try:
-            req = self._client.build_request("POST", url, headers=headers, content=bytes(body))
+            req = self._client.build_request("POST", path, headers=headers,
+                                             content=self._body(receive, path, declared, limit, state))
             resp = await self._client.send(req, stream=True)
-        except httpx.TimeoutException as exc:
-            LOG.error("SuperLink timed out on %s: %s", scope["path"], exc)
-            await _plain(send, 504, b"Upstream timeout\n")
-            return
-        except httpx.HTTPError as exc:
-            # 502 is retryable for flower-supernode: it keeps trying while the
-            # SuperLink restarts instead of giving up.
-            if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "SSL" in str(exc):
-                LOG.error(
-                    "TLS verification of the SuperLink at %s failed: %s (the "
-                    "SuperLink certificate needs a SAN for that address and must be "
-                    "signed by --upstream-ca-certfile; SuperNodes keep retrying)",
-                    self.config.upstream, exc,
-                )
-            else:
-                LOG.error("SuperLink unreachable (%s): %s", self.config.upstream, exc)
-            await _plain(send, 502, b"SuperLink unreachable\n")
+        except Exception as exc:  # noqa: BLE001 - sorted out below
+            error = state.get("error")
+            if isinstance(error, _ClientGone):
+                return
+            if isinstance(error, _Refused):
+                self.refusals.refused(peer, what, error.reason)
+                await _plain(send, error.status, f"{error.reason}\n".encode())
+                return
+            if not isinstance(exc, httpx.HTTPError):
+                raise
+            await self._upstream_failed(send, path, peer, exc)
             return
         try:
+            self._note_refusal(resp.status_code, what, peer, key_name)
             out_headers = [
                 (k.lower(), v)
                 for k, v in resp.headers.raw
@@ -375,23 +517,93 @@ class FleetGateway:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             self.forwarded += 1
+            self.largest[path] = max(self.largest.get(path, 0), int(state.get("received", 0)))
         except (httpx.HTTPError, OSError) as exc:
-            LOG.error("Error relaying response for %s: %s", scope["path"], exc)
+            LOG.error("Error relaying response for %s to %s: %s", path, peer, exc)
         finally:
             await resp.aclose()
 
 
-async def _plain(send: Any, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    async def _forward_held(self, receive: Any, send: Any, peer: str, what: str, path: str,
+                            headers: list[tuple[bytes, bytes]], declared: int | None, limit: int,
+                            key_name: str | None) -> None:
+        """A pull the SuperLink may answer "nothing yet": read its (small) body whole, then let
+        the `PullHolder` re-send it until there is something (`launch/gateway_hold.py`)."""
+        state: dict[str, Any] = {"received": 0}
+        try:
+            body = b"".join([chunk async for chunk in self._body(receive, path, declared, limit, state)])
+        except _ClientGone:
+            return
+        except _Refused as error:
+            self.refusals.refused(peer, what, error.reason)
+            await _plain(send, error.status, f"{error.reason}\n".encode())
+            return
+        try:
+            answer = await self.holder.pull(self._client, path, headers, body, receive, peer)  # type: ignore[arg-type]
+        except httpx.HTTPError as exc:
+            await self._upstream_failed(send, path, peer, exc)
+            return
+        if answer is None:  # the SuperNode went away while its pull was held
+            return
+        status, raw_headers, raw = answer
+        self._note_refusal(status, what, peer, key_name)
+        out_headers = [(k.lower(), v) for k, v in raw_headers
+                       if k.lower().decode("latin-1") not in _RESP_DROP | {"content-length"}]
+        out_headers.append((b"content-length", str(len(raw)).encode()))
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": out_headers})
+            await send({"type": "http.response.body", "body": raw, "more_body": False})
+        except OSError as exc:
+            LOG.error("Error relaying response for %s to %s: %s", path, peer, exc)
+            return
+        self.forwarded += 1
+        self.largest[path] = max(self.largest.get(path, 0), len(body))
+
+    @staticmethod
+    def _note_refusal(status: int, what: str, peer: str, key_name: str | None) -> None:
+        if status in (400, 401, 403, 412, 413):
+            who = f"{peer}" + (f" (key {key_name})" if key_name else "")
+            LOG.warning("SuperLink refused %s from %s: HTTP %d", what, who, status)
+
+    async def _upstream_failed(self, send: Any, path: str, peer: str, exc: httpx.HTTPError) -> None:
+        """Answer a request the SuperLink did not answer: 504 on a timeout, else 502 (which
+        `flower-supernode` retries: it keeps trying while the SuperLink restarts)."""
+        if isinstance(exc, httpx.TimeoutException):
+            LOG.error("SuperLink timed out on %s from %s: %s", path, peer, exc)
+            await _plain(send, 504, b"Upstream timeout\n")
+            return
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "SSL" in str(exc):
+            LOG.error(
+                "TLS verification of the SuperLink at %s failed: %s (the "
+                "SuperLink certificate needs a SAN for that address and must be "
+                "signed by --upstream-ca-certfile; SuperNodes keep retrying)",
+                self.config.upstream, exc,
+            )
+        else:
+            LOG.error("SuperLink unreachable (%s): %s", self.config.upstream, exc)
+        await _plain(send, 502, b"SuperLink unreachable\n")
+
+
+async def _plain(send: Any, status: int, body: bytes, retry_after: bool = False) -> None:
+    """A refusal: small text body, and the connection closed (an unread body is never drained)."""
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _json(send: Any, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -401,9 +613,12 @@ async def _plain(send: Any, status: int, body: bytes) -> None:
 def _uvicorn_config(config: GatewayConfig, log_level: str = "info") -> Any:
     import uvicorn  # pylint: disable=import-outside-toplevel
 
+    from launch.gateway_server import protocol_for  # pylint: disable=import-outside-toplevel
+
     host, port = parse_hostport(config.listen)
+    app = FleetGateway(config)
     return uvicorn.Config(
-        app=FleetGateway(config),
+        app=app,
         host=host,
         port=port,
         ssl_certfile=None if config.insecure else config.ssl_certfile,
@@ -412,8 +627,13 @@ def _uvicorn_config(config: GatewayConfig, log_level: str = "info") -> Any:
         access_log=False,
         proxy_headers=False,  # the peer address is the real client
         server_header=False,
+        date_header=False,
         log_level=log_level,
-        timeout_keep_alive=75,
+        http=protocol_for(app),  # h11 + connection limits + header deadline
+        loop="asyncio",
+        h11_max_incomplete_event_size=16 * 1024,  # request line + headers
+        timeout_keep_alive=max(1, int(config.limits.header_timeout_s)),
+        timeout_graceful_shutdown=5,
     )
 
 
@@ -421,19 +641,33 @@ def serve(config: GatewayConfig, log_level: str = "info", validate: bool = True)
     """Run the gateway in the foreground until SIGINT/SIGTERM."""
     import uvicorn  # pylint: disable=import-outside-toplevel
 
+    from launch.gateway_server import serve_gateway  # pylint: disable=import-outside-toplevel
+
     if validate:
         config.validate()
     server = uvicorn.Server(_uvicorn_config(config, log_level))
+    lim = config.limits
     LOG.info(
-        "Fleet gateway: %s://%s -> %s (only POST %s)",
+        "Fleet gateway: %s://%s -> %s (only POST %s); %s; bodies <= %d B (push-object, push-messages) "
+        "and <= %d B (other routes); connections <= %d (%d per address); requests in flight <= %d "
+        "(%d per address, %d per key); headers within %gs, TLS handshake within %gs",
         "http" if config.insecure else "https",
         config.listen,
         config.upstream_url,
         "/v1/fleet/{...}",
+        f"only requests signed by a key in {config.authorized_keys}" if config.authorized_keys
+        else "signatures checked by the SuperLink only",
+        lim.max_body_bytes, lim.small_body_bytes, lim.max_connections, lim.max_connections_per_peer,
+        lim.max_requests, lim.max_requests_per_peer, lim.max_requests_per_key, lim.header_timeout_s,
+        lim.handshake_timeout_s,
     )
-    asyncio.run(server.serve())
+    asyncio.run(serve_gateway(server, lim.handshake_timeout_s))
     if not server.started:  # e.g. address in use: uvicorn logged why
         sys.exit(1)
+
+
+def _limit_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def gateway_command(config: GatewayConfig, python: str | None = None) -> list[str]:
@@ -448,13 +682,35 @@ def gateway_command(config: GatewayConfig, python: str | None = None) -> list[st
             "--ssl-keyfile", str(config.ssl_keyfile),
             "--upstream-ca-certfile", str(config.upstream_ca_certfile),
         ]
-    if config.max_body_bytes != DEFAULT_MAX_BODY:
-        cmd += ["--max-body-bytes", str(config.max_body_bytes)]
+    if config.authorized_keys:
+        cmd += ["--authorized-keys", str(config.authorized_keys)]
+    defaults = GatewayLimits()
+    for f in dataclasses.fields(GatewayLimits):
+        value = getattr(config.limits, f.name)
+        if value != getattr(defaults, f.name):
+            cmd += [_limit_flag(f.name), f"{value:g}" if isinstance(value, float) else str(value)]
     if config.pull_hold_s != DEFAULT_PULL_HOLD_S:
         cmd += ["--pull-hold", f"{config.pull_hold_s:g}"]
     if config.pull_poll_s != DEFAULT_PULL_POLL_S:
         cmd += ["--pull-poll", f"{config.pull_poll_s:g}"]
     return cmd
+
+
+_LIMIT_HELP = {
+    "max_body_bytes": "largest push-object / push-messages body (default: Flower's array chunk size + 1 MiB)",
+    "small_body_bytes": "largest body of every other Fleet route",
+    "max_connections": "open connections in total",
+    "max_connections_per_peer": "open connections per client address",
+    "max_requests": "requests in flight in total",
+    "max_requests_per_peer": "requests in flight per client address",
+    "max_requests_per_key": "requests in flight per authenticated key",
+    "header_timeout_s": "seconds for a request's headers to arrive (from connect or the previous response)",
+    "handshake_timeout_s": "seconds for a TLS handshake",
+    "body_idle_timeout_s": "seconds a body may pause",
+    "body_timeout_s": "seconds a body may take, plus its size / --body-min-rate",
+    "body_min_rate": "bytes/s a body must average beyond --body-timeout-s",
+    "upstream_timeout_s": "seconds to wait for the SuperLink",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -471,7 +727,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--upstream-ca-certfile", help="CA that signed the SuperLink cert")
     p.add_argument("--insecure", action="store_true",
                    help="plain HTTP on both sides (SuperLink started with --insecure)")
-    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY)
+    p.add_argument("--authorized-keys", metavar="DIR",
+                   help="folder of client public keys (*.pub): refuse, before reading the body, every "
+                        "request not signed by one of them (re-read when the folder changes)")
+    defaults = GatewayLimits()
+    for f in dataclasses.fields(GatewayLimits):
+        kind = float if isinstance(getattr(defaults, f.name), float) else int
+        p.add_argument(_limit_flag(f.name), dest=f.name, type=kind, default=None,
+                       help=f"{_LIMIT_HELP.get(f.name, f.name)} (default {getattr(defaults, f.name)})")
     p.add_argument("--pull-hold", type=float, default=DEFAULT_PULL_HOLD_S, metavar="S",
                    help="hold an empty pull-messages open up to S seconds until a message arrives "
                         f"(default {DEFAULT_PULL_HOLD_S:g}; 0 = plain forwarding: SuperNodes poll every 3 s)")
@@ -486,6 +749,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # httpx logs every forwarded request at INFO: heartbeats and 3 s polls.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        limits = GatewayLimits(**{f.name: getattr(a, f.name) for f in dataclasses.fields(GatewayLimits)
+                                  if getattr(a, f.name) is not None})
+    except ValueError as exc:
+        p.error(str(exc))
     cfg = GatewayConfig(
         listen=a.listen,
         upstream=a.upstream,
@@ -493,7 +761,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         ssl_keyfile=a.ssl_keyfile,
         upstream_ca_certfile=a.upstream_ca_certfile,
         insecure=a.insecure,
-        max_body_bytes=a.max_body_bytes,
+        authorized_keys=a.authorized_keys,
+        limits=limits,
         pull_hold_s=a.pull_hold,
         pull_poll_s=a.pull_poll,
     )

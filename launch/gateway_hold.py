@@ -40,8 +40,12 @@ Why it is safe
   a connection lost in the few milliseconds between that and the relay loses the message as a
   network failure would (the coordinator's round timeout covers it).
 
-Cost: while a client waits, the SuperLink answers one small request per `poll_s` for it (about
-5 per second per idle client at 0.2 s) instead of one per 3 s.
+Cost and bounds: while a client waits, the SuperLink answers one small request per `poll_s`
+for it (about 5 per second per idle client at 0.2 s) instead of one per 3 s, and its pull
+occupies one of the gateway's in-flight request slots. So that held pulls never starve other
+requests, at most `max_held` pulls are held at once in total and `max_held_per_peer` per peer
+address (by default half the gateway's request limits); beyond that a pull is forwarded once, as
+without holding (that SuperNode then sleeps its 3 s).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from typing import Any
 import httpx
 
 __all__ = ["DEFAULT_OBJECT_POLL_S", "DEFAULT_PULL_HOLD_S", "DEFAULT_PULL_POLL_S", "HELD_ROUTES", "OBJECT_ROUTE",
-           "PULL_ROUTE", "PullHolder"]
+           "PULL_ROUTE", "HeldAnswer", "PullHolder"]
 
 LOG = logging.getLogger("fedmtl.fleet_gateway")
 
@@ -64,64 +68,65 @@ DEFAULT_PULL_HOLD_S = 20.0
 DEFAULT_PULL_POLL_S = 0.2
 DEFAULT_OBJECT_POLL_S = 0.02
 
-# Response headers never relayed (hop-by-hop, or set by the gateway's own server).
-_RESP_DROP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host",
-                        "server", "date"})
+#: The SuperLink's last answer: status, raw headers and raw (undecoded) body, relayed as they are.
+HeldAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 class PullHolder:
-    """Holds empty `pull-messages` answers until a message arrives (see the module docstring)."""
+    """Holds empty `pull-messages` and pending `pull-object` answers (see the module docstring)."""
 
     def __init__(self, hold_s: float = DEFAULT_PULL_HOLD_S, poll_s: float = DEFAULT_PULL_POLL_S,
-                 object_poll_s: float = DEFAULT_OBJECT_POLL_S) -> None:
+                 object_poll_s: float = DEFAULT_OBJECT_POLL_S, max_held: int = 128,
+                 max_held_per_peer: int = 32) -> None:
         self.hold_s = hold_s
         self.poll_s = poll_s
         self.object_poll_s = object_poll_s
-        self.held = 0  # pulls answered after at least one re-send
-        self.held_objects = 0
+        self.max_held = max_held
+        self.max_held_per_peer = max_held_per_peer
+        self.held = 0  # message pulls answered after at least one re-send
+        self.held_objects = 0  # object pulls answered after at least one re-send
+        self.not_held = 0  # pulls forwarded once because max_held(_per_peer) were held already
         self._holds: dict[int, asyncio.Event] = {}  # node id -> "stop holding" of its current pull
+        self._active: dict[str, int] = {}  # peer -> pulls being held now
+        self._active_total = 0
 
-    async def forward(self, client: httpx.AsyncClient, url: str, headers: list[tuple[bytes, bytes]], body: bytes,
-                      receive: Any, send: Any) -> bool:
-        """Forward one `pull-messages` (held while it finds no message) or `pull-object` (held while
-        the object is not uploaded yet); False if not handled here (holding off, another route, or
-        a body that is not a readable request): forward it normally."""
-        if self.hold_s <= 0 or url not in HELD_ROUTES:
-            return False
-        if url == PULL_ROUTE:
-            node = _pull_node_id(body)
-            if node is None:
-                return False
-            waiting, poll_s = _empty_pull, self.poll_s
-        else:
-            if not _is_object_request(body):
-                return False
+    @property
+    def enabled(self) -> bool:
+        return self.hold_s > 0
+
+    async def pull(self, client: httpx.AsyncClient, path: str, headers: list[tuple[bytes, bytes]], body: bytes,
+                   receive: Any, peer: str = "") -> HeldAnswer | None:
+        """Send one `pull-messages` / `pull-object` (`path`) to the SuperLink and re-send it while
+        the answer is "nothing yet"; the answer to relay, or None if the client went away while
+        held (then nothing more was pulled for it). httpx errors propagate (the caller answers them)."""
+        if path == PULL_ROUTE:
+            node, waiting, poll_s = _pull_node_id(body), _empty_pull, self.poll_s
+        elif path == OBJECT_ROUTE:
             node, waiting, poll_s = None, _object_pending, self.object_poll_s
+        else:
+            raise ValueError(f"{path} is not a held route")
+        may_hold = self.enabled and self._active_total < self.max_held \
+            and self._active.get(peer, 0) < self.max_held_per_peer
+        if not may_hold:
+            if self.enabled:
+                self.not_held += 1
+            return await _send(client, path, headers, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.hold_s
         stop = asyncio.Event()
         gone = asyncio.ensure_future(_disconnected(receive))
         stopped = asyncio.ensure_future(stop.wait())
+        self._active_total += 1
+        self._active[peer] = self._active.get(peer, 0) + 1
         polls = 0
         try:
             while True:
                 if gone.done():
-                    return True  # nobody to answer: take no message for it
-                try:
-                    resp = await client.send(client.build_request("POST", url, headers=headers, content=body))
-                    raw = resp.content  # decoded: an encoded answer is relayed decoded (headers fixed below)
-                except httpx.TimeoutException as exc:
-                    LOG.error("SuperLink timed out on %s: %s", url, exc)
-                    await _plain(send, 504, b"Upstream timeout\n")
-                    return True
-                except httpx.HTTPError as exc:
-                    LOG.error("SuperLink unreachable: %s", exc)
-                    await _plain(send, 502, b"SuperLink unreachable\n")  # retryable for flower-supernode
-                    return True
+                    return None  # nobody to answer: take no message for it
+                answer = await _send(client, path, headers, body)
                 polls += 1
-                empty = resp.status_code == 200 and waiting(raw)
-                if not empty or stop.is_set() or loop.time() >= deadline:
+                status, _headers, raw = answer
+                if status != 200 or not waiting(raw) or stop.is_set() or loop.time() >= deadline:
                     break
                 if polls == 1 and node is not None:
                     # The SuperLink accepted this request (signature, node id): only now may it end
@@ -136,23 +141,32 @@ class PullHolder:
                     self.held_objects += 1
                 else:
                     self.held += 1
-            out_headers = [(k.lower(), v) for k, v in resp.headers.raw
-                           if k.lower().decode("latin-1") not in _RESP_DROP | {"content-encoding", "content-length"}]
-            out_headers.append((b"content-length", str(len(raw)).encode()))
-            await send({"type": "http.response.start", "status": resp.status_code, "headers": out_headers})
-            await send({"type": "http.response.body", "body": raw, "more_body": False})
-        except OSError as exc:
-            LOG.error("Error relaying response for %s: %s", url, exc)
+            return answer
         finally:
             gone.cancel()
             stopped.cancel()
+            self._active_total -= 1
+            left = self._active.get(peer, 0) - 1
+            if left > 0:
+                self._active[peer] = left
+            else:
+                self._active.pop(peer, None)
             if node is not None and self._holds.get(node) is stop:
                 del self._holds[node]
-        return True
+
+
+async def _send(client: httpx.AsyncClient, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> HeldAnswer:
+    """One request to the SuperLink; its answer with the body exactly as sent (not decoded)."""
+    resp = await client.send(client.build_request("POST", path, headers=headers, content=body), stream=True)
+    try:
+        raw = b"".join([chunk async for chunk in resp.aiter_raw()])
+    finally:
+        await resp.aclose()
+    return resp.status_code, list(resp.headers.raw), raw
 
 
 def _pull_node_id(body: bytes) -> int | None:
-    """The node id of a `pull-messages` request, None if it cannot be read (then it is not held)."""
+    """The node id of a `pull-messages` request, None if it cannot be read (then no other hold ends)."""
     try:
         from flwr.proto.fleet_pb2 import PullMessagesRequest  # pylint: disable=E0611,C0415
 
@@ -163,17 +177,6 @@ def _pull_node_id(body: bytes) -> int | None:
         return None
 
 
-def _is_object_request(body: bytes) -> bool:
-    try:
-        from flwr.proto.message_pb2 import PullObjectRequest  # pylint: disable=E0611,C0415
-
-        request = PullObjectRequest()
-        request.ParseFromString(body)
-        return bool(request.object_id)
-    except Exception:  # noqa: BLE001
-        return False
-
-
 def _object_pending(raw: bytes) -> bool:
     """True if a `pull-object` answer says the object exists but is not uploaded yet."""
     try:
@@ -182,7 +185,7 @@ def _object_pending(raw: bytes) -> bool:
         response = PullObjectResponse()
         response.ParseFromString(raw)
         return response.object_found and not response.object_available
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - unreadable (e.g. compressed): relay it, never hold it
         return False
 
 
@@ -204,10 +207,3 @@ async def _disconnected(receive: Any) -> None:
         msg = await receive()
         if msg["type"] == "http.disconnect":
             return
-
-
-async def _plain(send: Any, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -17,7 +17,7 @@
 The client side (`SuperNodeProcess`, `LogFollower`, `classify_supernode_output`) lives in
 `launch/supernode.py`; its names stay importable from here.
 
-Everything here was checked with flwr 1.41 on loopback and across network namespaces
+Everything here was checked with flwr 1.41 and again with 1.42 on loopback and across network namespaces
 (tests/test_deployment.py).
 """
 
@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import write_json_atomic
+from coordinator.client_registry import REGISTRY_FILE, registry_from_registered, write_registry
 from launch import simulation as launcher
+from launch.bundle import staged_app
 from launch.flwr_cli import FlwrCli, FlwrCliError, SuperLinkConnection
-from launch.gateway import DEFAULT_PULL_HOLD_S, GatewayConfig, gateway_command, parse_hostport
+from launch.gateway import DEFAULT_PULL_HOLD_S, GatewayConfig, GatewayLimits, gateway_command, parse_hostport
 from launch.processes import ENV_TAG, log_tail, process_start_time
 from launch.security import (
     CA_CERT_NAME,
@@ -62,6 +64,7 @@ from launch.supernode import (
 
 __all__ = [
     "AUTHORIZED_KEYS_DIR",
+    "CLIENT_REGISTRY",
     "COORDINATOR_INFO",
     "CoordinatorService",
     "DeploymentError",
@@ -73,6 +76,7 @@ __all__ = [
     "SuperNodeConfig",
     "SuperNodeProcess",
     "classify_supernode_output",
+    "client_registry_path",
     "coordinator_connection",
     "insecure_banner",
     "register_keys",
@@ -81,6 +85,7 @@ __all__ = [
 #: Files and folders of a coordinator's run directory.
 AUTHORIZED_KEYS_DIR = "authorized_keys"  # *.pub registered at every start
 REGISTERED_KEYS = "registered_keys.json"  # name -> {fingerprint, node_id, file[, revoked]}
+CLIENT_REGISTRY = REGISTRY_FILE  # node id -> name, for the ServerApp (coordinator/client_registry.py)
 COORDINATOR_INFO = "coordinator.json"  # addresses and pid of the running (or last) coordinator
 RUN_CONFIG_FILE = "run_config.toml"  # the run config of the last start (defaults for --resume)
 CONNECTION_NAME = "local"  # the flwr CLI connection to the loopback SuperLink
@@ -192,7 +197,15 @@ def read_registered(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_registered(run_dir: Path, data: Mapping[str, Any]) -> None:
+    """Record the registered keys, and the client registry the ServerApp reads (node id -> name),
+    so a registration or revocation while the coordinator runs is seen by its next discovery."""
     write_json_atomic(Path(run_dir) / REGISTERED_KEYS, dict(data), sort_keys=True)
+    write_registry(Path(run_dir) / CLIENT_REGISTRY, registry_from_registered(data))
+
+
+def client_registry_path(run_dir: Path) -> Path:
+    """Where the coordinator of `run_dir` keeps its client registry (run-config `client-registry`)."""
+    return Path(run_dir).resolve() / CLIENT_REGISTRY
 
 
 def register_keys(cli: FlwrCli, run_dir: Path, public_keys: Sequence[Path]) -> list[tuple[str, str, int | None]]:
@@ -211,6 +224,13 @@ def register_keys(cli: FlwrCli, run_dir: Path, public_keys: Sequence[Path]) -> l
         except SecurityError as exc:
             raise DeploymentError(f"client key {pub}: {exc}") from exc
         name = key_name(pub)
+        held = registered.get(name) or {}
+        if held and held.get("fingerprint") != fingerprint and not held.get("revoked"):
+            raise DeploymentError(
+                f"client key {pub}: the name {name!r} is already bound to another key ({held.get('fingerprint')}, "
+                f"node {held.get('node_id')}); a second client may not take a registered name. Give this client "
+                f"its own name (`fedmtl keys create OTHER_NAME`), or revoke the old key first "
+                f"(`fedmtl keys revoke {name}`)")
         node_id: int | None = None
         try:
             node_id = cli.register_supernode(pub, name=name)
@@ -267,6 +287,7 @@ class CoordinatorSettings:
     insecure: bool = False
     authorized_keys: Path | None = None  # default run_dir/authorized_keys
     superlink_port: int | None = None  # internal, loopback only; None = free port
+    gateway_limits: GatewayLimits | None = None  # None = the gateway's defaults (launch/gateway_limits.py)
     pull_hold_s: float = DEFAULT_PULL_HOLD_S  # the gateway holds empty pulls (0: SuperNodes poll every 3 s)
 
     def __post_init__(self) -> None:
@@ -338,6 +359,9 @@ class CoordinatorService:
     def start(self) -> CoordinatorService:
         s = self.settings
         s.run_dir.mkdir(parents=True, exist_ok=True)
+        if not s.insecure:
+            assert s.authorized_keys is not None
+            s.authorized_keys.mkdir(parents=True, exist_ok=True)
         self.link.start()
         tls = None if s.insecure else s.tls_files()
         self.gateway = GatewayProcess(
@@ -345,6 +369,9 @@ class CoordinatorService:
                           ssl_certfile=str(tls.certfile) if tls else None,
                           ssl_keyfile=str(tls.keyfile) if tls else None,
                           upstream_ca_certfile=str(tls.ca_certfile) if tls else None,
+                          # refuse, before reading any body, requests not signed by an accepted key
+                          authorized_keys=None if s.insecure else str(s.authorized_keys),
+                          limits=s.gateway_limits or GatewayLimits(),
                           pull_hold_s=s.pull_hold_s),
             s.run_dir / "gateway.log", self.link.tag)
         self.gateway.start()
@@ -409,8 +436,11 @@ class CoordinatorService:
     def submit(self, run_config: Mapping[str, Any]) -> int:
         assert self.cli is not None
         try:
-            self.run_id = self.cli.submit_run(self.app_dir, dict(run_config), None, stream=False,
-                                              files_dir=self.link.flwr_home)
+            # The bundle is built from a clean copy of the code only (launch/bundle.py): nothing of a
+            # data, key or run folder that lies in the project folder is shipped.
+            with staged_app(self.app_dir, exclude=[self.settings.run_dir]) as staged:
+                self.run_id = self.cli.submit_run(staged, dict(run_config), None, stream=False,
+                                                  files_dir=self.link.flwr_home)
         except FlwrCliError as err:
             raise DeploymentFailed(f"the run was not accepted: {err}", status="not-submitted", details=str(err)) from err
         self._write_info("running")

@@ -20,7 +20,7 @@ every ClientApp call in a Ray actor. fedmtl drives that machinery from Python in
 
 The names of the other three modules stay importable from here.
 
-Facts this relies on (checked against flwr 1.41 and ray 2.55 on this machine):
+Facts this relies on (checked against flwr 1.41, re-checked with 1.42, and ray 2.55 on this machine):
 
 * The simulation's federation config only carries `num-supernodes`, `client-resources-num-cpus`
   (an *integer*), `client-resources-num-gpus` (a float), `backend`, `verbose` and
@@ -33,16 +33,15 @@ Facts this relies on (checked against flwr 1.41 and ray 2.55 on this machine):
 * `flwr log --stream` ends normally when the run fails: the outcome comes from `flwr ls`.
 * The ServerApp and the ClientApps import the app's packages from the unpacked FAB copy under
   `$FLWR_HOME/apps/...` (Flower puts that folder first on `sys.path`), not from the installed
-  package. The FAB holds only `*.py, *.toml, *.md, *.yaml, *.yml, *.json, *.jsonl` and `/LICENSE`
-  (minus `.gitignore`d paths, `.venv/`, `venv/`, `build/`, `test_*.py`, `*_test.py`, ...), at most
-  10 MB: package data such as `tasks/data/*.gz` is NOT in it, so data must be found through an
-  explicit path in the run config.
+  package. fedmtl builds the FAB from a clean copy holding only pyproject.toml, README.md and the
+  `*.py` files of the project's packages (`launch/bundle.py`), at most 10 MB: package data such
+  as `tasks/data/*.gz` is NOT in it, so data must be found through an explicit path in the run
+  config; and nothing else that lies in the project folder (data, keys, run folders) travels.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import queue
 import re
@@ -50,8 +49,6 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
-import zipfile
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from common.signals import install_stop_handlers
+from launch.bundle import build_bundle, bundle_entries, staged_app
 from launch.flwr_cli import FlwrCli, FlwrCliError, iter_log_lines, strip_ansi
 from launch.processes import (
     ENV_TAG,
@@ -163,25 +161,15 @@ class SimulationTimeout(SimulationFailed):
 
 
 def check_fab(app_dir: Path, forbidden: Sequence[Path] = ()) -> list[tuple[str, int]]:
-    """Build the app's FAB the way `flwr run` does and return its (path, size) entries.
+    """Build the app's FAB the way fedmtl submits it (`launch/bundle.py`: from a clean copy of the
+    project's packages, pyproject.toml and README.md) and return its (path, size) entries.
 
-    Raises ValueError if it is over Flower's 10 MB limit, or if it would contain files under
-    one of the `forbidden` folders (e.g. the run directory: the SuperLink's files would be
-    bundled into the app; add the folder to the app's `.gitignore`).
+    Raises ValueError if it is over Flower's 10 MB limit, or if it would contain files under one
+    of the `forbidden` folders (e.g. the run directory; staging leaves them out, this checks it).
     """
-    with warnings.catch_warnings():  # typer/click deprecation on import
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from flwr.cli.build import build_fab_from_disk  # noqa: PLC0415 - heavy import
-
     app_dir = Path(app_dir).resolve()
-    try:
-        with warnings.catch_warnings():  # pathspec's 'gitwildmatch' deprecation, once per pattern
-            warnings.simplefilter("ignore", DeprecationWarning)
-            fab = build_fab_from_disk(app_dir)
-    except ValueError as err:
-        raise ValueError(f"cannot bundle the Flower app in {app_dir}: {err}") from err
-    with zipfile.ZipFile(io.BytesIO(fab)) as zf:
-        entries = [(i.filename, i.file_size) for i in zf.infolist() if not i.filename.startswith(".info/")]
+    fab = build_bundle(app_dir, exclude=forbidden)
+    entries = bundle_entries(fab)
     for folder in forbidden:
         folder = Path(folder).resolve()
         if not folder.is_relative_to(app_dir):
@@ -191,12 +179,12 @@ def check_fab(app_dir: Path, forbidden: Sequence[Path] = ()) -> list[tuple[str, 
         if inside:
             raise ValueError(
                 f"the Flower app bundle of {app_dir} would include {len(inside)} file(s) under {folder} "
-                f"(e.g. {inside[0]}); add '{rel}' to {app_dir / '.gitignore'} or use a folder outside the app"
+                f"(e.g. {inside[0]}); use a folder outside the app"
             )
     if len(fab) > FAB_MAX_SIZE:
         biggest = ", ".join(f"{n} ({s:,} B)" for n, s in sorted(entries, key=lambda e: -e[1])[:5])
         raise ValueError(f"the Flower app bundle is {len(fab):,} bytes, over Flower's {FAB_MAX_SIZE:,}; "
-                         f"largest files: {biggest}; .gitignore them or set fab-exclude in [tool.flwr.app]")
+                         f"largest files: {biggest}")
     return entries
 
 
@@ -444,7 +432,9 @@ def run_simulation_app(
         on_line(f"[launcher] SuperLink on {link.address} (log {link.log_path}); RAY_ADDRESS={resources.ray_env}; "
                 f"federation config {federation}")
         try:
-            run_id = cli.submit_run(app_dir, dict(run_config), federation, stream=False, files_dir=link.flwr_home)
+            # The bundle is built from a clean copy of the code only (launch/bundle.py).
+            with staged_app(app_dir, exclude=[run_dir, *keep_out_of_bundle]) as staged:
+                run_id = cli.submit_run(staged, dict(run_config), federation, stream=False, files_dir=link.flwr_home)
         except FlwrCliError as err:
             raise SimulationFailed(f"the run was not accepted: {err}", status="not-submitted",
                                    details=str(err)) from err

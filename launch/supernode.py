@@ -33,7 +33,9 @@ from pathlib import Path
 
 import tomli_w
 
+from client.trust import ALLOW_SUITES_KEY, encode_allowed
 from launch.flwr_cli import strip_ansi
+from launch.pinned_clientapp import pinned_env, write_shim
 from launch.processes import ENV_TAG, ProcessFamily, free_port, spawn_reaper
 from launch.superlink import child_env, flower_bin_dir
 
@@ -162,7 +164,9 @@ class SuperNodeConfig:
     SuperNode's Flower home (unpacked app bundles), its node config file and its log.
     `runtime_port=None` picks a free port for the SuperNode's local Runtime API (several clients
     on one host need different ones). `max_wait_s` bounds every reconnection (Flower retries
-    for ever otherwise).
+    for ever otherwise). `allow_suites` go to the ClientApp in the node config (`allow-suites`,
+    see `client/trust.py`); `trusted_entities` is passed to `flower-supernode --trusted-entities`;
+    with `app_hashes`, every ClientApp process first checks the bundle's SHA-256 against them.
 
     `executor="fork"` runs ClientApps through `launch/clientapp_forkserver.py` (modules in
     `preload` imported once; its Runtime API calls signed with a per-client secret);
@@ -179,6 +183,9 @@ class SuperNodeConfig:
     insecure: bool = False
     max_wait_s: float = 300.0
     runtime_port: int | None = None
+    allow_suites: Sequence[str] = ()  # suite specs this client runs besides built-in/installed ones
+    trusted_entities: Path | None = None  # Flower's --trusted-entities YAML (only Hub-signed app bundles run)
+    app_hashes: Sequence[str] = ()  # run only app bundles with these SHA-256 (launch/pinned_clientapp.py)
     env: dict[str, str] = field(default_factory=dict)
     extra_args: Sequence[str] = ()
     executor: str = "fork"
@@ -225,6 +232,8 @@ class SuperNodeProcess:
         cmd = [str(flower_bin_dir() / "flower-supernode"), "--superlink", cfg.superlink,
                "--port", str(self.port), "--node-config", str(self.node_config_path),
                "--max-wait-time", f"{cfg.max_wait_s:g}"]
+        if cfg.trusted_entities is not None:
+            cmd += ["--trusted-entities", str(Path(cfg.trusted_entities).resolve())]
         if cfg.insecure:
             cmd.append("--insecure")
         else:
@@ -234,6 +243,14 @@ class SuperNodeProcess:
         if cfg.executor == "fork":
             cmd += ["--isolation", "process", "--superexec-auth-secret-file", str(self.secret_path)]
         return cmd + list(cfg.extra_args)
+
+    def node_config(self) -> dict[str, str]:
+        """What the ClientApp finds in `context.node_config`."""
+        cfg = self.config
+        out = {"data-dir": str(cfg.data_dir), "name": cfg.name}
+        if cfg.allow_suites:
+            out[ALLOW_SUITES_KEY] = encode_allowed(cfg.allow_suites)
+        return out
 
     def executor_command(self, supernode_pid: int) -> list[str]:
         """The fork server's command line (executor="fork")."""
@@ -252,13 +269,21 @@ class SuperNodeProcess:
         env = child_env({**extra, **self.config.env})
         for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
             env.pop(k, None)  # the coordinator is dialled directly
+        if self.config.app_hashes:
+            env = pinned_env(env, self.config.app_hashes, self.shim_dir)
         return env
+
+    @property
+    def shim_dir(self) -> Path:
+        return self.config.work_dir / "bin"
 
     def start(self) -> SuperNodeProcess:
         cfg = self.config
         cfg.work_dir.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        self.node_config_path.write_text(tomli_w.dumps({"data-dir": str(cfg.data_dir), "name": cfg.name}))
+        self.node_config_path.write_text(tomli_w.dumps(self.node_config()))
+        if cfg.app_hashes:
+            write_shim(self.shim_dir)
         if self.port is None:
             self.port = free_port("127.0.0.1")
         if cfg.executor == "fork":  # a fresh secret per start: only our fork server may take this node's tasks

@@ -1,4 +1,5 @@
-"""When to merge task groups and when to split them (MAS and its dynamic variant).
+"""When to merge task groups, when to split them, and which rounds measure affinity (MAS and its
+dynamic variant).
 
 Pure bookkeeping over round numbers, so the phase of any round can be computed (and tested)
 without running a federation:
@@ -7,6 +8,12 @@ without running a federation:
 * `mas`: all tasks merged for rounds 1..S while affinity is measured; split after round S.
 * `dynamic`: as `mas`, then in cycles of E split rounds followed by M merged re-measuring
   rounds: merge after round S+E, split again after round S+E+M, merge after S+2E+M, ...
+
+Nothing happens after the final round, and a merge is planned only if its re-measuring rounds
+and at least one round of training the new groups still fit before the end: a run never ends
+on merged, untrained or half-measured models. The rounds whose measurements a split reads are
+the merged rounds before it (`measures`); other rounds measure nothing unless monitoring is
+asked for explicitly.
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ class MergeSplitPlan:
     split_round: int = 3
     regroup_every: int = 4
     regroup_rounds: int = 2
+    rounds: int | None = None  # the run's last round; None = unbounded (for tests of the cycle)
 
-    def action_after(self, round_: int) -> Action:
-        """What to do once `round_` has finished: 'split', 'merge' or nothing."""
+    def _scheduled(self, round_: int) -> Action:
         if self.mode not in ("mas", "dynamic") or round_ < self.split_round:
             return None
         if round_ == self.split_round:
@@ -40,8 +47,18 @@ class MergeSplitPlan:
             return "split"
         return None
 
+    def action_after(self, round_: int) -> Action:
+        """What to do once `round_` has finished: 'split', 'merge' or nothing."""
+        action = self._scheduled(round_)
+        if self.rounds is not None:
+            if round_ >= self.rounds:
+                return None
+            if action == "merge" and round_ + self.regroup_rounds >= self.rounds:
+                return None  # no room to re-measure, re-split and train the new groups
+        return action
+
     def merged_during(self, round_: int) -> bool:
-        """True if round `round_` trains all tasks in one group (affinity is measured then)."""
+        """True if round `round_` trains all tasks in one group."""
         if self.mode == "all-in-one":
             return True
         if self.mode == "separate":
@@ -50,6 +67,24 @@ class MergeSplitPlan:
             return True
         if self.mode == "mas":
             return False
-        cycle = self.regroup_every + self.regroup_rounds
-        offset = (round_ - self.split_round - 1) % cycle
-        return offset >= self.regroup_every
+        # merged since the last merge that actually happened, until the split that ends it
+        r = round_ - 1
+        while r > self.split_round:
+            action = self.action_after(r)
+            if action == "merge":
+                return True
+            if action == "split":
+                return False
+            r -= 1
+        return False
+
+    def measures(self, round_: int) -> bool:
+        """True if a later split reads this round's affinity (the merged rounds before a split)."""
+        if self.mode not in ("mas", "dynamic") or not self.merged_during(round_):
+            return False
+        last = self.rounds if self.rounds is not None else round_ + self.split_round + self.regroup_rounds
+        for r in range(round_, last + 1):
+            action = self.action_after(r)
+            if action is not None:
+                return action == "split"
+        return False

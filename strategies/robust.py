@@ -10,24 +10,33 @@ the fusion weights so `weighting="examples"` keeps its meaning; with equal weigh
 textbook median / trimmed mean. Clients with weight 0 are left out entirely (as they are from the
 mean), so they do not count towards `n` either. Because weights are example counts a client
 controls, bound them with `strategies.validation` (`max_examples`) or use `weighted=False`.
+
+These stacked reducers are the reference; the round loop's streaming fuser
+(`strategies.fusion.GroupFusion`) computes the same values a parameter chunk at a time
+(`strategies.fusion.chunked`). Each reducer carries a `streaming` tag naming its streaming
+equivalent, which is how `fuse_group` picks the fast path.
 """
 
 from __future__ import annotations
 
-import math
 from functools import partial
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from strategies.fusion import Reducer, State, weighted_mean
-from strategies.norms import distance
+from strategies.fusion.chunked import HALF_RTOL as _HALF_RTOL
+from strategies.fusion.chunked import check_trim_fraction as _check_trim_fraction
+from strategies.fusion.chunked import trim_count
+from strategies.fusion.clipping import clip_update, clip_updates, update_norm
+from strategies.fusion.stacked import weighted_mean
+from strategies.fusion.types import Reducer
+
+__all__ = [
+    "REDUCERS", "clip_update", "clip_updates", "coordinate_median", "make_reducer", "reducer_for",
+    "trim_count", "trimmed_mean", "unweighted_median", "update_norm", "weighted_mean",
+]
 
 REDUCERS = ("mean", "median", "trimmed-mean")
-
-# Relative tolerance when deciding that a cumulative weight sits exactly on the half-way mark
-# (exact for integer weights such as example counts; a guard for non-integer ones).
-_HALF_RTOL = 1e-12
 
 
 def _positive_rows(stacked: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,11 +88,6 @@ def unweighted_median(stacked: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     return coordinate_median(stacked, torch.ones_like(weights))
 
 
-def trim_count(n: int, trim_fraction: float) -> int:
-    """k = floor(trim_fraction * n), robust to float noise (0.29 * 100 must give 29, not 28)."""
-    return math.floor(trim_fraction * n + 1e-9)
-
-
 def trimmed_mean(stacked: torch.Tensor, weights: torch.Tensor, trim_fraction: float) -> torch.Tensor:
     """Coordinate-wise trimmed mean: drop the k largest and k smallest values, k = floor(trim * n).
 
@@ -106,11 +110,6 @@ def trimmed_mean(stacked: torch.Tensor, weights: torch.Tensor, trim_fraction: fl
     return (values * w).sum(dim=0) / w.sum(dim=0)
 
 
-def _check_trim_fraction(trim_fraction: float) -> None:
-    if not (isinstance(trim_fraction, (int, float)) and 0.0 <= trim_fraction < 1.0):
-        raise ValueError(f"trim_fraction must be in [0, 1), got {trim_fraction!r}")
-
-
 def make_reducer(name: str, **opts: Any) -> Reducer:
     """Build a reducer by name, for configuration strings.
 
@@ -130,50 +129,21 @@ def make_reducer(name: str, **opts: Any) -> Reducer:
         return coordinate_median if opts.get("weighted", True) else unweighted_median
     trim = opts.get("trim_fraction", 0.1)
     _check_trim_fraction(trim)
-    return partial(trimmed_mean, trim_fraction=trim)
+    reducer = partial(trimmed_mean, trim_fraction=trim)
+    reducer.streaming = ("trimmed-mean", {"trim_fraction": trim})  # type: ignore[attr-defined]
+    return reducer
 
 
-def _float_keys(reference: State) -> list[str]:
-    return [k for k, v in reference.items() if v.is_floating_point()]
+def reducer_for(aggregator: str, trim_fraction: float = 0.1, median_weighted: bool = True) -> Reducer:
+    """The stacked reducer for a streaming aggregator's options."""
+    if aggregator == "median":
+        return make_reducer("median", weighted=median_weighted)
+    if aggregator == "trimmed-mean":
+        return make_reducer("trimmed-mean", trim_fraction=trim_fraction)
+    return make_reducer(aggregator)
 
 
-def update_norm(reference: State, state: State) -> float:
-    """L2 norm of (state - reference) over the floating-point parameters, in float64."""
-    _check_same_keys(reference, state)
-    return distance(reference, state)
+coordinate_median.streaming = ("median", {"weighted": True})  # type: ignore[attr-defined]
+unweighted_median.streaming = ("median", {"weighted": False})  # type: ignore[attr-defined]
 
 
-def _check_same_keys(reference: State, state: State) -> None:
-    if set(reference) != set(state):
-        diff = sorted(set(reference) ^ set(state))
-        raise ValueError(f"state keys differ from the reference: {diff[:5]}")
-    for key, ref in reference.items():
-        if state[key].shape != ref.shape:
-            raise ValueError(f"{key}: shape {tuple(state[key].shape)} differs from reference {tuple(ref.shape)}")
-
-
-def clip_update(reference: State, state: State, max_norm: float) -> State:
-    """Scale (state - reference) down to L2 norm `max_norm` if it is longer; direction is kept.
-
-    Only floating-point parameters are clipped; integer buffers are passed through. A state
-    within the bound is returned unchanged (same tensors), so clipping never perturbs it.
-    """
-    if not (math.isfinite(max_norm) and max_norm > 0):
-        raise ValueError(f"max_norm must be finite and > 0, got {max_norm!r}")
-    norm = update_norm(reference, state)
-    if not math.isfinite(norm):
-        raise ValueError("update has non-finite values; reject it (strategies.validation) instead of clipping")
-    if norm <= max_norm:
-        return dict(state)
-    scale = max_norm / norm
-    clipped: State = dict(state)
-    for key in _float_keys(reference):
-        ref = reference[key].detach().to(torch.float64)
-        delta = state[key].detach().to(torch.float64) - ref
-        clipped[key] = (ref + delta * scale).to(state[key].dtype)
-    return clipped
-
-
-def clip_updates(reference: State, states: Sequence[State], max_norm: float) -> list[State]:
-    """Clip every client's update to L2 norm <= max_norm, so no single client can move the model far."""
-    return [clip_update(reference, s, max_norm) for s in states]

@@ -34,8 +34,14 @@ class ValidationPolicy:
 
     max_update_norm: float | None = None
     max_examples: int | None = None
+    # An update longer than this many times the norm of the model it started from is refused:
+    # no honest round of local training moves a model ten times its own size, and a scaled
+    # update is how one client would otherwise take over a plain mean.
+    max_relative_norm: float | None = None
 
     def __post_init__(self) -> None:
+        if self.max_relative_norm is not None and not (math.isfinite(self.max_relative_norm) and self.max_relative_norm > 0):
+            raise ValueError(f"max_relative_norm must be finite and > 0 or None, got {self.max_relative_norm!r}")
         if self.max_update_norm is not None and not (math.isfinite(self.max_update_norm) and self.max_update_norm > 0):
             raise ValueError(f"max_update_norm must be finite and > 0 or None, got {self.max_update_norm!r}")
         if self.max_examples is not None and (
@@ -51,11 +57,21 @@ class ValidationPolicy:
         update: ClientUpdate,
     ) -> list[str]:
         """Validate one `ClientUpdate` against this policy's bounds."""
-        return validate_update(
+        problems = validate_update(
             reference_body, reference_heads, expected_tasks,
             update.body, update.heads, update.examples,
             self.max_update_norm, self.max_examples,
         )
+        if self.max_relative_norm is not None and not problems:
+            heads = {t: reference_heads[t] for t in update.heads}
+            moved = squared_distance(reference_body, update.body) + sum(squared_distance(heads[t], h) for t, h in update.heads.items())
+            zero = {k: torch.zeros_like(v) for k, v in reference_body.items()}
+            size = squared_distance(zero, reference_body) + sum(
+                squared_distance({k: torch.zeros_like(v) for k, v in h.items()}, h) for h in heads.values())
+            if not math.sqrt(moved) <= self.max_relative_norm * max(math.sqrt(size), 1e-12):
+                problems.append(f"update L2 norm {math.sqrt(moved):.6g} is more than {self.max_relative_norm:g} times "
+                                f"the norm of the model it started from ({math.sqrt(size):.6g})")
+        return problems
 
 
 def _names(keys: set[str] | list[str]) -> str:

@@ -317,7 +317,26 @@ def make_image_suite(
         feature_dim=feature_dim,
         load_partition=functools.partial(load_image_partition, tuple(task_names), plan),
         description=description,
+        prepare_inputs=as_model_images,
     )
+
+
+def as_model_images(x: np.ndarray) -> np.ndarray:
+    """Images a user has, as the (N, 1, 28, 28) float32 [0, 1] batch the body takes: one image or a
+    batch, 28x28 / 1x28x28 / 784 flat, integer pixels (0..255) or floats already in [0, 1]."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "uif":
+        raise ValueError(f"image inputs must be numbers, got dtype {x.dtype}")
+    if x.shape[-2:] == (28, 28):
+        x = x.reshape(-1, 1, 28, 28)
+    elif x.shape[-1:] == (784,):
+        x = x.reshape(-1, 1, 28, 28)
+    else:
+        raise ValueError(f"image inputs must be 28x28 images (shape (28, 28), (N, 28, 28), (N, 1, 28, 28) "
+                         f"or (N, 784)), got shape {x.shape}")
+    if x.dtype.kind in "ui":
+        return _as_images(x, 255.0)
+    return np.clip(x.astype(np.float32, copy=False), 0.0, 1.0)
 
 
 # Each client: 2 of the 3 domains, 2 tasks of each; all images used (~1,000 train per domain per

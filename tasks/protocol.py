@@ -26,3 +26,11 @@ STEPS = "steps"
 
 def task_key(prefix: str, task: str) -> str:
     return f"{prefix}.{task}"
+
+# An evaluate message carries one model per task group the client holds tasks of:
+# ArrayRecord "model.<gid>" and config "tasks.<gid>" (the tasks to evaluate with that model).
+EVAL_GROUPS = "groups"
+
+
+def group_key(prefix: str, gid: int) -> str:
+    return f"{prefix}.{gid}"

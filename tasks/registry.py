@@ -24,6 +24,10 @@ BUILTIN_SUITES: dict[str, str] = {
     "images8": "tasks.images:make_default_suite",
     "tiny": "tasks.images:make_tiny_suite",
     "planted": "tasks.planted:make_planted_suite",
+    # Text suites need the optional `text` extra (pip install -e .[text]; scripts/setup.sh --text).
+    "text": "tasks.text.suite:make_default_text_suite",
+    "text-coldfusion": "tasks.text.suite:make_coldfusion_text_suite",
+    "text-tiny": "tasks.text.suite:make_tiny_text_suite",
 }
 
 ENTRY_POINT_GROUP = "fedmtl.suites"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import traceback
+import uuid
 from typing import Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -42,6 +43,7 @@ class InProcessGrid(Grid):
         self.pool = cf.ThreadPoolExecutor(max_workers=max(4, num_nodes * 2))
         self.sent: list[Message] = []
         self.replies: list[Message] = []
+        self._futures: dict[str, cf.Future] = {}
 
     def remove_node(self, node_id: int) -> None:
         """The node dies: Flower stops listing it and messages to it are never answered."""
@@ -66,27 +68,45 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
-    def push_messages(self, messages):  # pragma: no cover - send_and_receive is what the loop uses
-        raise NotImplementedError
+    def push_messages(self, messages) -> list[str]:
+        """Deliver each message to its node's ClientApp in a thread; ids as Flower gives them.
+        A message to a node that is gone is stored but never answered (as with a dead SuperNode)."""
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            self.sent.append(msg)
+            if msg.metadata.dst_node_id in self.contexts:
+                self._futures[msg.metadata.message_id] = self.pool.submit(self._deliver, msg)
+            ids.append(msg.metadata.message_id)
+        return ids
 
-    def pull_messages(self, message_ids):  # pragma: no cover
-        raise NotImplementedError
+    def pull_messages(self, message_ids) -> list[Message]:
+        """The replies that have arrived for these ids (each is handed out once)."""
+        out = []
+        for mid in message_ids:
+            fut = self._futures.get(mid)
+            if fut is not None and fut.done():
+                del self._futures[mid]
+                reply = fut.result()
+                if reply is not None:
+                    self.replies.append(reply)
+                    out.append(reply)
+        return out
 
-    def _deliver(self, msg: Message) -> Message:
-        context = self.contexts[msg.metadata.dst_node_id]
+    def _deliver(self, msg: Message) -> Message | None:
+        context = self.contexts.get(msg.metadata.dst_node_id)
+        if context is None:  # the node died before the message reached it
+            return None
         try:
             return self.client_app(msg, context)
         except Exception as exc:  # as Flower does: the error travels back as the reply
             return Message(Error(code=3, reason=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=1)}"), reply_to=msg)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        messages = list(messages)
-        self.sent.extend(messages)
-        futures = [self.pool.submit(self._deliver, m) for m in messages if m.metadata.dst_node_id in self.contexts]
-        done, _ = cf.wait(futures, timeout=timeout)
-        replies = [f.result() for f in futures if f in done]
-        self.replies.extend(replies)
-        return replies
+        ids = self.push_messages(list(messages))
+        futures = [self._futures[i] for i in ids if i in self._futures]
+        cf.wait(futures, timeout=timeout)
+        return self.pull_messages(ids)
 
     def partition_of(self, node_id: int) -> int:
         return int(self.contexts[node_id].node_config["partition-id"])

@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from coordinator.history import read_history
 from fedmtl import cli
 from launch.processes import free_port
 from launch.security import certificate_covers, certificate_sans
@@ -299,7 +300,7 @@ def _wait_gone(text: str, timeout: float = 30.0) -> None:
 
 
 def _history(out: Path) -> dict[str, Any]:
-    return json.loads((out / "history.json").read_text())
+    return read_history(out)  # history.jsonl while the run goes on, history.json once it ended
 
 
 def _rounds_done(out: Path) -> int:
@@ -446,6 +447,19 @@ def test_coordinator_and_three_clients_complete_a_run(federation: Federation) ->
     assert (fed.run / "plots" / "accuracy.png").is_file() and (fed.run / "metrics.csv").is_file()
     info = json.loads((fed.run / COORDINATOR_INFO).read_text())
     assert info["state"] == "stopped"
+    # What the clients received and unpacked is the project's code and nothing else (launch/bundle.py)
+    from launch.bundle import app_packages
+
+    apps = sorted((fed.root / "work_0" / "flwr_home" / "apps").glob("*"))
+    assert apps, "the client unpacked no app bundle"
+    shipped = {q.relative_to(apps[0]).as_posix() for q in apps[0].rglob("*") if q.is_file()}
+    packages = set(app_packages(REPO))
+    stray = sorted(f for f in shipped if not (f in ("pyproject.toml", "README.md") or f.startswith(".info/")
+                                               or (f.endswith(".py") and f.split("/")[0] in packages)))
+    assert not stray, stray
+    # Identities: the registry the ServerApp was given holds the three registered clients
+    registry = json.loads((fed.run / "client_registry.json").read_text())
+    assert sorted(registry.values()) == ["client_0", "client_1", "client_2"], registry
     _wait_gone(str(fed.run))  # SuperLink, SuperExec, ServerApp, gateway, flwr log
     assert all(c.popen.poll() is None for c in fed.clients), "clients keep serving after a run"
 
@@ -599,7 +613,7 @@ def test_separate_hosts_late_joiner_and_only_fleet_reachable(tmp_path: Path, dat
             assert node, out
             assert out.index("round   1/3") < node.start(), "client_2 must join after round 1"
             hist = _history(run)
-            late_rounds = [r["round"] for r in hist["rounds"] if int(node.group(1)) in r["clients"]]
+            late_rounds = [r["round"] for r in hist["rounds"] if "client_2" in r["clients"]]  # clients by name
             assert late_rounds and min(late_rounds) >= 2, (late_rounds, hist["rounds"][-1]["clients"])
             assert all(c.popen.poll() is None for c in [*clients, late])
             assert hub.pids() == [], "the coordinator left processes in its namespace"

@@ -18,32 +18,7 @@ from launch.flwr_cli import FlwrCli, SuperLinkConnection
 from launch.processes import find_tagged_processes, free_port
 from launch.simulation import SimulationFailed, SimulationResources, check_fab, run_simulation_app
 from launch.superlink import SuperLinkConfig, SuperLinkProcess
-
-TINY_PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=68"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "tinyapp"
-version = "0.1.0"
-description = "Tiny Flower app for tests/test_launcher.py"
-license = "Apache-2.0"
-requires-python = ">=3.11"
-dependencies = ["flwr[simulation]==1.42.0"]
-
-[tool.flwr.app]
-publisher = "fedmtl"
-
-[tool.flwr.app.components]
-serverapp = "tiny_server.app:app"
-clientapp = "tiny_client.app:app"
-
-[tool.flwr.app.config]
-rounds = 3
-fail = false
-label = "tiny"
-"""
+from testbed.flower_app import write_flower_app
 
 TINY_SERVER = '''\
 """Tiny ServerApp: query every node, then a few train rounds; one progress line each."""
@@ -105,15 +80,8 @@ def train(msg: Message, context: Context) -> Message:
 
 def write_tiny_app(root: Path) -> Path:
     """The tiny app in `root` (created), as a folder `flwr run` accepts."""
-    (root / "tiny_server").mkdir(parents=True)
-    (root / "tiny_client").mkdir()
-    (root / "pyproject.toml").write_text(TINY_PYPROJECT)
-    (root / ".gitignore").write_text("__pycache__/\nruns/\n")
-    (root / "tiny_server" / "__init__.py").write_text("")
-    (root / "tiny_client" / "__init__.py").write_text("")
-    (root / "tiny_server" / "app.py").write_text(TINY_SERVER)
-    (root / "tiny_client" / "app.py").write_text(TINY_CLIENT)
-    return root
+    return write_flower_app(root, "tinyapp", {"tiny_server/app.py": TINY_SERVER, "tiny_client/app.py": TINY_CLIENT},
+                            "tiny_server.app:app", "tiny_client.app:app", {"rounds": 3, "fail": False, "label": "tiny"})
 
 
 def _cmdlines_mentioning(text: str) -> list[str]:
@@ -256,7 +224,7 @@ def test_write_connection_keeps_other_connections(tmp_path: Path) -> None:
     assert data["superlink"]["prod"] == {"address": "10.0.0.1:8000", "root-certificates": str(tmp_path / "ca.crt")}
 
 
-def test_check_fab_lists_sources_and_refuses_a_bundled_run_dir(tmp_path: Path) -> None:
+def test_check_fab_lists_sources_and_never_bundles_a_run_dir(tmp_path: Path) -> None:
     app = write_tiny_app(tmp_path / "app")
     (app / "data.bin").write_bytes(b"\0" * 1000)
     names = dict(check_fab(app))
@@ -265,12 +233,13 @@ def test_check_fab_lists_sources_and_refuses_a_bundled_run_dir(tmp_path: Path) -
     ignored = app / "runs" / "r1" / "flwr_home"  # runs/ is in the app's .gitignore
     ignored.mkdir(parents=True)
     (ignored / "config.toml").write_text("x = 1\n")
-    check_fab(app, forbidden=[app / "runs" / "r1"])
+    assert dict(check_fab(app, forbidden=[app / "runs" / "r1"])) == names
+    # not ignored either: the bundle is built from a clean copy of the code (launch/bundle.py)
     bundled = app / "out" / "flwr_home"
     bundled.mkdir(parents=True)
     (bundled / "config.toml").write_text("x = 1\n")
-    with pytest.raises(ValueError, match="gitignore"):
-        check_fab(app, forbidden=[app / "out"])
+    (app / "out" / "history.json").write_text("{}")
+    assert dict(check_fab(app, forbidden=[app / "out"])) == names
 
 
 def test_error_text_takes_the_last_traceback() -> None:

@@ -4,8 +4,10 @@ import torch
 
 from coordinator.config import RunConfig
 from coordinator.loop import Coordinator
-from coordinator.messaging import parse_train_reply
+from coordinator.messaging import Sent
+from coordinator.replies import read_train
 from strategies.fusion import fuse_group
+from strategies.validation import ValidationPolicy
 from testbed.inprocess import InProcessGrid
 
 
@@ -15,22 +17,22 @@ def _run(tmp_path, clients: int, faults: str = "", hang_seconds: float = 3600.0,
     grid = InProcessGrid(clients, faults=faults, hang_seconds=hang_seconds)
     coordinator = Coordinator(grid, cfg, log=lambda line: None)
     initial = None
+    original_round = coordinator.run_round
 
-    original_train = coordinator.train
-
-    def train_and_remember(r, outcome):
+    def remember_then_run(r):
         nonlocal initial
-        initial = {k: v.clone() for k, v in coordinator.groups[0].body.items()}, {t: dict(h) for t, h in coordinator.groups[0].heads.items()}
-        return original_train(r, outcome)
+        g = coordinator.groups[0]
+        initial = {k: v.clone() for k, v in g.body.items()}, {t: dict(h) for t, h in g.heads.items()}, g.tensors()
+        return original_round(r)
 
-    coordinator.train = train_and_remember
+    coordinator.run_round = remember_then_run
     history = coordinator.run()
     return coordinator, grid, history, initial
 
 
 def test_crash_hang_nan_shape_and_huge_updates_never_reach_the_model(tmp_path):
     faults = "0:crash,1:nan,2:shape,3:huge,4:hang"
-    coordinator, grid, history, (_, initial_heads) = _run(
+    coordinator, grid, history, (initial_body, initial_heads, _) = _run(
         tmp_path, 8, faults=faults, hang_seconds=8.0, **{"round-timeout": 4.0, "max-update-norm": 1000.0,
                                        "quorum": 0.3, "max-retries": 0})
     r1 = history.rounds[1]
@@ -45,11 +47,14 @@ def test_crash_hang_nan_shape_and_huge_updates_never_reach_the_model(tmp_path):
     assert "norm" in rejected[3].lower()
     assert dropped == {4}
     # The fused model is exactly the fusion of the three valid replies (partitions 5, 6, 7).
-    valid = [parse_train_reply(m) for m in grid.replies
-             if m.metadata.message_type == "train" and not m.has_error() and partition[m.metadata.src_node_id] >= 5]
+    group = coordinator.groups[0]
+    sent_model = type(group)(group.gid, list(group.tasks), initial_body, initial_heads)
+    replies = sorted((m for m in grid.replies if m.metadata.message_type == "train" and not m.has_error()
+                      and partition[m.metadata.src_node_id] >= 5), key=lambda m: coordinator.clients[m.metadata.src_node_id].name)
+    valid = [read_train(m, Sent("train", m.metadata.src_node_id, group.gid, tuple(coordinator.clients[m.metadata.src_node_id].tasks)),
+                        sent_model, coordinator.clients[m.metadata.src_node_id], ValidationPolicy()) for m in replies]
     assert len(valid) == 3
     body, heads = fuse_group(initial_heads, [v.update for v in valid], "uniform")
-    group = coordinator.groups[0]
     for k in body:
         assert torch.equal(group.body[k], body[k]), k
     for t in heads:
@@ -59,7 +64,7 @@ def test_crash_hang_nan_shape_and_huge_updates_never_reach_the_model(tmp_path):
 
 
 def test_group_without_quorum_keeps_its_model_and_says_so(tmp_path):
-    coordinator, _grid, history, (initial_body, _) = _run(
+    coordinator, _grid, history, (initial_body, _, _) = _run(
         tmp_path, 4, faults="0:crash,1:crash,2:nan", **{"quorum": 0.75, "max-retries": 1})
     r1 = history.rounds[1]
     assert any("kept its model" in e for e in r1["events"])
@@ -76,7 +81,7 @@ def test_retry_uses_other_clients_when_quorum_missed(tmp_path):
 
 
 def test_a_client_that_cannot_describe_its_data_is_asked_again_only_after_a_backoff(tmp_path):
-    from coordinator.loop import QUERY_BACKOFF
+    from coordinator.discovery import QUERY_BACKOFF
 
     grid = InProcessGrid(3)
     broken = grid.add_node({})  # no data-dir and no partition: its query handler raises
@@ -86,7 +91,7 @@ def test_a_client_that_cannot_describe_its_data_is_asked_again_only_after_a_back
     history = Coordinator(grid, cfg, log=logs.append).run()
     queries = [m for m in grid.sent if m.metadata.dst_node_id == broken and m.metadata.message_type == "query"]
     assert len(queries) == 1 + (cfg.rounds - 1) // QUERY_BACKOFF
-    assert any(f"client {broken} failed to describe its data" in line and "partition-id" in line for line in logs)
+    assert any(f"node {broken} failed to describe its data" in line and "partition-id" in line for line in logs)
     assert all(broken not in r["clients"] for r in history.rounds)
 
 

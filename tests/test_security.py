@@ -39,6 +39,7 @@ from launch.security import (
     create_server_cert,
     load_client_public_key,
 )
+from testbed.flower_app import write_flower_app
 
 try:  # works whether or not tests/ is a package
     from tests.netns import NetnsLan, skip_unless_netns, stop_processes
@@ -447,31 +448,6 @@ def test_loopback_tls_auth_registered_and_refused(tmp_path: Path, procs: list) -
 
 
 # A Flower app that needs nothing but flwr: one query round-trip per node.
-_TINY_PYPROJECT = """\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "tinyapp"
-version = "0.1.0"
-description = "fedmtl security test app"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "fedmtl"
-
-[tool.flwr.app.components]
-serverapp = "tinyapp.server:app"
-clientapp = "tinyapp.client:app"
-
-[tool.flwr.app.config]
-expect-nodes = 1
-"""
 _TINY_SERVER = """\
 import time
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -508,13 +484,9 @@ def query(msg: Message, context: Context) -> Message:
 """
 
 
-def _write_tiny_app(root: Path) -> Path:
-    (root / "tinyapp").mkdir(parents=True)
-    (root / "pyproject.toml").write_text(_TINY_PYPROJECT)
-    (root / "tinyapp" / "__init__.py").write_text("")
-    (root / "tinyapp" / "server.py").write_text(_TINY_SERVER)
-    (root / "tinyapp" / "client.py").write_text(_TINY_CLIENT)
-    return root
+def _write_tiny_app(root: Path, expect_nodes: int = 1) -> Path:
+    return write_flower_app(root, "tinyapp", {"tinyapp/server.py": _TINY_SERVER, "tinyapp/client.py": _TINY_CLIENT},
+                            "tinyapp.server:app", "tinyapp.client:app", {"expect-nodes": expect_nodes})
 
 
 # Run inside the client's namespace: the API docs, a Control and a Runtime
@@ -626,3 +598,108 @@ def test_netns_only_fleet_api_reachable(tmp_path: Path) -> None:
         # one run (the refused `flwr run` created none), completed (not stopped)
         assert [x["status"] for x in runs] == ["finished:completed"], runs
         assert gw_log.read_text().count("Refused") >= 8
+
+
+@pytest.mark.slow
+def test_trusted_entities_refuse_an_app_bundle_submitted_from_a_folder(tmp_path: Path, procs: list) -> None:
+    """`fedmtl client --trusted-entities` (Flower's app verification): a bundle that `flwr run`
+    built from a local folder carries no signature, so the client refuses to run any of it and
+    the run gets an error reply instead of the client's answer."""
+    _need_flower_bins()
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    pki = tmp_path / "pki"
+    create_server_cert(create_ca(pki), pki, [], [])
+    n1 = create_client_keypair(tmp_path / "keys", "n1")
+    env = _env(tmp_path / "home")
+    port = _free_port()
+    _write_connections(tmp_path / "home", {"local": f"127.0.0.1:{port}"}, pki / "ca.crt")
+    sl_log = tmp_path / "superlink.log"
+    sl = _popen(procs, _superlink_cmd(pki, "127.0.0.1", port, tmp_path / "state.db"), env, sl_log)
+    _wait_for(_log_has(sl_log, "Application startup complete"), 30, "SuperLink", sl, sl_log)
+    r = _flwr(["supernode", "register", str(n1.public_key_path), "local"], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    entity = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    trusted = tmp_path / "trusted.yaml"
+    trusted.write_text(f"fpk_00000000-0000-0000-0000-000000000001: '{entity} publisher'\n")
+    data = tmp_path / "data"
+    assert subprocess.run([sys.executable, "-m", "fedmtl.cli", "prepare-data", "--suite", "tiny", "--clients", "1",
+                           "--out", str(data)], cwd=REPO, env=env, capture_output=True, timeout=120).returncode == 0
+    client_log = tmp_path / "client.log"
+    _popen(procs, [sys.executable, "-m", "fedmtl.cli", "client", "--coordinator", f"127.0.0.1:{port}",
+                   "--data", str(data / "client_0"), "--key", str(n1.private_key_path), "--ca", str(pki / "ca.crt"),
+                   "--trusted-entities", str(trusted), "--work-dir", str(tmp_path / "work"), "--max-wait", "60"],
+           env, client_log, cwd=REPO)
+    _wait_for(_log_has(client_log, "joined as node"), 60, "the client to join", log=client_log)
+
+    app_dir = _write_tiny_app(tmp_path / "app")
+    run = _flwr(["run", str(app_dir), "local", "--format", "json"], env)
+    run_id = json.loads(run.stdout[run.stdout.find("{"):])["run-id"]
+    deadline = time.monotonic() + 120
+    status = ""
+    while time.monotonic() < deadline:
+        runs = json.loads(_flwr(["ls", "local", "--run-id", str(run_id), "--format", "json"], env).stdout)["runs"]
+        status = runs[0]["status"]
+        if status.startswith("finished"):
+            break
+        time.sleep(1)
+    out = client_log.read_text(errors="replace")
+    assert status == "finished:failed", (status, out[-3000:])  # the ServerApp got no good reply
+    assert "refused to run the coordinator's app bundle" in out, out[-3000:]
+    supernode_log = (tmp_path / "work" / "supernode.log").read_text(errors="replace")
+    assert "App verification is not supported by the connected SuperLink" in supernode_log
+    assert "TINYAPP got ping" not in supernode_log  # none of the bundle's code ran
+
+
+@pytest.mark.slow
+def test_pinned_clients_run_only_the_app_bundle_they_expect(tmp_path: Path, procs: list) -> None:
+    """`fedmtl client --app-hash H` (what `--pin-app` does with this machine's own bundle): the
+    client with the bundle's hash answers; the one pinned to other code refuses before any of
+    the bundle is unpacked, and says so."""
+    _need_flower_bins()
+    import hashlib
+
+    from flwr.cli.build import build_fab_from_disk
+
+    pki = tmp_path / "pki"
+    create_server_cert(create_ca(pki), pki, [], [])
+    env = _env(tmp_path / "home")
+    port = _free_port()
+    _write_connections(tmp_path / "home", {"local": f"127.0.0.1:{port}"}, pki / "ca.crt")
+    sl_log = tmp_path / "superlink.log"
+    sl = _popen(procs, _superlink_cmd(pki, "127.0.0.1", port, tmp_path / "state.db"), env, sl_log)
+    _wait_for(_log_has(sl_log, "Application startup complete"), 30, "SuperLink", sl, sl_log)
+    app_dir = _write_tiny_app(tmp_path / "app", expect_nodes=2)
+    right = hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
+    data = tmp_path / "data"
+    assert subprocess.run([sys.executable, "-m", "fedmtl.cli", "prepare-data", "--suite", "tiny", "--clients", "1",
+                           "--out", str(data)], cwd=REPO, env=env, capture_output=True, timeout=120).returncode == 0
+    logs = {}
+    for name, pinned in (("good", right), ("other", "0" * 64)):
+        kp = create_client_keypair(tmp_path / "keys", name)
+        r = _flwr(["supernode", "register", str(kp.public_key_path), "local"], env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        logs[name] = tmp_path / f"{name}.log"
+        _popen(procs, [sys.executable, "-m", "fedmtl.cli", "client", "--coordinator", f"127.0.0.1:{port}",
+                       "--data", str(data / "client_0"), "--name", name, "--key", str(kp.private_key_path),
+                       "--ca", str(pki / "ca.crt"), "--app-hash", pinned, "--work-dir", str(tmp_path / name),
+                       "--max-wait", "60"], env, logs[name], cwd=REPO)
+    for log in logs.values():
+        _wait_for(_log_has(log, "joined as node"), 60, "the clients to join", log=log)
+    run = _flwr(["run", str(app_dir), "local", "--format", "json"], env)
+    run_id = json.loads(run.stdout[run.stdout.find("{"):])["run-id"]
+    deadline, status = time.monotonic() + 120, ""
+    while time.monotonic() < deadline and not status.startswith("finished"):
+        time.sleep(1)
+        status = json.loads(_flwr(["ls", "local", "--run-id", str(run_id), "--format", "json"],
+                                  env).stdout)["runs"][0]["status"]
+    good = (tmp_path / "good" / "supernode.log").read_text(errors="replace")
+    other = logs["other"].read_text(errors="replace")
+    assert status == "finished:failed", status  # one of the two replies is the refusal
+    assert "TINYAPP got ping 7" in good
+    assert f"refused app bundle {right[:16]}" in other, other[-3000:]
+    assert "TINYAPP got ping" not in (tmp_path / "other" / "supernode.log").read_text(errors="replace")
+    assert not list((tmp_path / "other" / "flwr_home").glob("apps/*")), "the refused bundle was unpacked"

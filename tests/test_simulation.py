@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.history import read_history
+
 pytestmark = pytest.mark.slow
 
 FEDMTL = [sys.executable, "-m", "fedmtl.cli"]
@@ -22,7 +24,7 @@ def _simulate(out: Path, *args: str, timeout: float = 420) -> subprocess.Complet
 
 
 def _history(out: Path) -> dict:
-    return json.loads((out / "history.json").read_text())
+    return read_history(out)  # history.jsonl while the run goes on, history.json once it ended
 
 
 def test_short_simulation_learns_every_task(tmp_path):
@@ -55,7 +57,7 @@ def test_bad_option_fails_fast_with_the_key_named(tmp_path):
     proc = _simulate(tmp_path, "--mode", "mas", "--max-groups", "9", timeout=60)
     assert proc.returncode == 2 and "max-groups = 9 but suite 'default' has only 8 tasks" in proc.stderr
     assert time.monotonic() - started < 60
-    assert not (tmp_path / "history.json").exists()  # nothing started
+    assert not (tmp_path / "history.jsonl").exists()  # nothing started
 
 
 def _wait_for_round(out: Path, round_: int, proc: subprocess.Popen, timeout: float) -> None:

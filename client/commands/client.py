@@ -43,9 +43,9 @@ _TRIGGERS = ("Exit Code:", "Giving up reconnection", "CERTIFICATE_VERIFY_FAILED"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="join a coordinator with a private data folder (Flower SuperNode)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--coordinator", required=True, metavar="HOST:PORT",
-                   help="the coordinator's address, as covered by its TLS certificate (e.g. coord.example.org:9092)")
-    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="this client's data folder")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="(required) the coordinator's address, as covered by its TLS certificate (e.g. coord.example.org:9092)")
+    p.add_argument("--data", type=Path, metavar="DIR", help="this client's data folder (required)")
     p.add_argument("--name", default=None, help="name shown by the coordinator (default: the folder manifest's name)")
     p.add_argument("--key", type=Path, default=None, metavar="NAME.key",
                    help="this client's private key (`fedmtl keys create NAME`); required unless --insecure")
@@ -67,6 +67,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task-poll", type=float, default=0.05, metavar="S",
                    help="how often the executor asks the SuperNode for a new message to run (default 0.05 s; "
                         "Flower's own default is 1 s)")
+    p.add_argument("--allow-suite", action="append", default=[], metavar="SPEC",
+                   help="also run this suite when a run config names it ('module:function' or "
+                        "'file.py:function'; repeatable). Without it only built-in suites and suites "
+                        "installed on this machine (entry points) run: a suite is code this client imports")
+    pin = p.add_mutually_exclusive_group()
+    pin.add_argument("--pin-app", action="store_true",
+                     help="run only the app bundle built from the fedmtl installed here (same code as this "
+                          "machine's): a coordinator running other code gets an error reply, and none of it runs")
+    pin.add_argument("--app-hash", action="append", default=[], metavar="SHA256",
+                     help="run only app bundles with this SHA-256 (repeatable; `fedmtl client --print-app-hash` "
+                          "on a machine with the expected code prints it)")
+    p.add_argument("--print-app-hash", action="store_true",
+                   help="print the SHA-256 of the app bundle of the fedmtl installed here, and exit")
+    p.add_argument("--trusted-entities", type=Path, default=None, metavar="YAML",
+                   help="Flower's app verification: run only app bundles signed by one of these entities "
+                        "({id: 'ssh-ed25519 KEY'}). Flower signs bundles it serves from Flower Hub only, so "
+                        "an app a coordinator submits from its own folder is then refused (docs/security.md)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--quiet", action="store_true", help="print only fedmtl's own status lines")
     out.add_argument("--verbose", action="store_true", help="print every line of the SuperNode")
@@ -84,6 +101,9 @@ def _fail(message: str) -> int:
 
 def check(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict]:
     """Validate everything before connecting; returns (name, manifest, tasks). Raises ValueError."""
+    for flag, value in (("--coordinator", args.coordinator), ("--data", args.data)):
+        if value is None:
+            raise ValueError(f"{flag} is required")
     try:
         parse_hostport(args.coordinator)
     except ValueError as exc:
@@ -117,7 +137,46 @@ def check(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict]:
     name = args.name or str(manifest["name"])
     if not name.strip():
         raise ValueError("--name must not be empty")
+    for spec in args.allow_suite:
+        _check_allowed_suite(spec)
+    if args.trusted_entities is not None:
+        _check_trusted_entities(args.trusted_entities)
     return name, manifest, tasks
+
+
+def _check_allowed_suite(spec: str) -> None:
+    from client.trust import normalize_suite_spec
+
+    module_part, sep, attr = spec.strip().rpartition(":")
+    if not sep or not module_part or not attr:
+        raise ValueError(f"--allow-suite {spec!r}: expected 'module:function' or 'file.py:function'")
+    if module_part.endswith(".py"):
+        path = Path(normalize_suite_spec(spec).rpartition(":")[0])
+        if not path.is_file():
+            raise ValueError(f"--allow-suite {spec!r}: {path} does not exist on this machine")
+
+
+def _check_trusted_entities(path: Path) -> None:
+    """What `flower-supernode --trusted-entities` checks, before anything connects."""
+    import yaml
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    if not path.is_file():
+        raise ValueError(f"--trusted-entities {path}: no such file")
+    try:
+        entities = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--trusted-entities {path}: not YAML ({exc})") from None
+    if not isinstance(entities, dict) or not entities:
+        raise ValueError(f"--trusted-entities {path}: expected a mapping {{public key id: 'ssh-ed25519 KEY'}}")
+    for key_id, key in entities.items():
+        try:
+            loaded = load_ssh_public_key(str(key).encode())
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"--trusted-entities {path}: {key_id}: not an OpenSSH public key ({exc})") from None
+        if not isinstance(loaded, ed25519.Ed25519PublicKey):
+            raise ValueError(f"--trusted-entities {path}: {key_id}: Flower needs an Ed25519 key")
 
 
 def _check_private_key(path: Path) -> None:
@@ -146,9 +205,35 @@ def _check_ca(path: Path) -> None:
         raise ValueError(f"--ca {path}: not a PEM certificate ({exc})") from None
 
 
+def installed_app_hash() -> str:
+    """SHA-256 of the bundle `fedmtl coordinator` / `simulate` would submit from this machine's fedmtl."""
+    import hashlib
+
+    from coordinator.commands.simulate import app_dir
+    from launch.bundle import build_bundle
+
+    return hashlib.sha256(build_bundle(app_dir())).hexdigest()
+
+
+def _app_hashes(args: argparse.Namespace) -> list[str]:
+    if args.pin_app:
+        return [installed_app_hash()]
+    out = []
+    for h in args.app_hash:
+        h = h.strip().lower()
+        if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+            raise ValueError(f"--app-hash {h!r}: expected a SHA-256 in hex (64 characters)")
+        out.append(h)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.print_app_hash:
+        print(installed_app_hash())
+        return 0
     fingerprint = folder_fingerprint(args.data)  # before validating: see client/data.py
     name, _manifest, tasks = check(args)
+    app_hashes = _app_hashes(args)
     if args.insecure:
         print(insecure_banner("CLIENT"), file=sys.stderr, flush=True)
     elif args.ca is None:
@@ -157,6 +242,13 @@ def run(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{t}:{d.num_train}" for t, d in sorted(tasks.items()))
     security = "INSECURE" if args.insecure else f"TLS, key {args.key.name}"
     _say(f"fedmtl client: {name} ({summary} training examples) -> coordinator {args.coordinator} ({security})")
+    if args.allow_suite:
+        _say(f"fedmtl client: besides built-in and installed suites, runs {', '.join(args.allow_suite)}")
+    if args.trusted_entities is not None:
+        _say(f"fedmtl client: runs only app bundles signed by an entity of {args.trusted_entities}")
+    if app_hashes:
+        what = "this machine's fedmtl" if args.pin_app else "--app-hash"
+        _say(f"fedmtl client: runs only the app bundle(s) {', '.join(h[:16] for h in app_hashes)}... ({what})")
 
     tmp = None
     work_dir = args.work_dir
@@ -167,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
         superlink=args.coordinator, data_dir=args.data, name=name, work_dir=work_dir,
         private_key=None if args.insecure else args.key, root_certificates=args.ca, insecure=args.insecure,
         max_wait_s=args.max_wait, runtime_port=args.runtime_port, executor=args.executor,
-        task_poll_s=args.task_poll, env=validated_env(args.data, fingerprint),
+        task_poll_s=args.task_poll, env=validated_env(args.data, fingerprint), allow_suites=tuple(args.allow_suite),
+        trusted_entities=args.trusted_entities, app_hashes=tuple(app_hashes),
     ))
     restore_signals = install_stop_handlers()  # SIGTERM and SIGINT stop the client like Ctrl-C
     follower: LogFollower | None = None
@@ -237,6 +330,16 @@ def _relay(line: str, args: argparse.Namespace) -> None:
         _last_header[0] = f"run {header.group(1)}" + (f", {header.group(2)}" if header.group(2) else "")
     if args.quiet:
         return
+    if "FAB could not be verified" in line or "FAB verification failed" in line:
+        print(f"fedmtl client: {_last_header[0]}: refused to run the coordinator's app bundle: it is not signed by "
+              "an entity of --trusted-entities (Flower signs only bundles served from Flower Hub); the "
+              "coordinator gets an error reply", flush=True)
+    if line.startswith("fedmtl: refused app bundle"):
+        print(f"fedmtl client: {_last_header[0]}: {line.removeprefix('fedmtl: ')}", flush=True)
+        return
+    if "UntrustedSuiteError" in line or "does not run the suite" in line:
+        print(f"fedmtl client: {_last_header[0]}: refused a suite it does not trust (see the error above; "
+              "--allow-suite SPEC allows one)", flush=True)
     received = _RECEIVING.search(line)
     if received:
         print(f"fedmtl client: {_last_header[0]}: {received.group(1)}", flush=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from coordinator.config import MODES, RunConfig
+from coordinator.tracking import check_available
 from tasks.registry import load_suite
 
 # CLI flag -> run config key, for the options people change most; everything else via --set.
@@ -39,6 +41,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run config key, e.g. --set quorum=0.6")
     parser.add_argument("--out", type=Path, default=None, help="output directory (history, models, plots, checkpoints)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output folder that holds another run's checkpoints (they are deleted)")
 
 
 def parse_value(text: str) -> Any:
@@ -50,8 +54,10 @@ def parse_value(text: str) -> Any:
 
 
 def run_config_from_args(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
-    """Merge defaults < --config file < flags < --set, then validate (raises ConfigError)."""
-    values: dict[str, Any] = dict(defaults)
+    """Merge defaults < the suite's own defaults < --config file < flags < --set, then validate
+    (raises ConfigError). A suite's defaults (`Suite.defaults`, e.g. AdamW and a small learning
+    rate for a pretrained transformer) apply to every key the user did not set."""
+    values: dict[str, Any] = {}
     if args.config:
         if not args.config.is_file():
             raise FileNotFoundError(f"--config {args.config}: no such file")
@@ -73,7 +79,40 @@ def run_config_from_args(args: argparse.Namespace, defaults: dict[str, Any]) -> 
     if args.resume:
         values["resume"] = True
     where = f"config file {args.config}" if args.config else "options"
-    cfg = RunConfig.from_dict(values, where=where)
     # Load the suite here, in the launching process, so a bad suite fails before anything starts.
-    cfg.validate_against_suite(load_suite(cfg.suite).task_names, where=where)
+    suite = load_suite(str(values.get("suite", defaults.get("suite", RunConfig.suite))))
+    values = dict(defaults) | {k: v for k, v in suite.defaults.items() if k in RunConfig.keys()} | values
+    cfg = RunConfig.from_dict(values, where=where)
+    cfg.validate_against_suite(suite.task_names, where=where)
+    check_available(cfg.tracking)  # a missing TensorBoard / MLflow fails now, naming the extra
     return cfg.to_dict()
+
+
+def check_output_folder(out: Path, config: dict[str, Any], overwrite: bool,
+                        say: Callable[[str], None] = print) -> None:
+    """Before anything starts: a fresh run must not silently delete another run's checkpoints, and
+    a resumed run must fit its checkpoint (same suite, seeds, mode and grouping settings, models
+    that fit the suite). Raises ValueError with what to do; `--overwrite` clears old checkpoints."""
+    from coordinator.checkpoint import (  # noqa: PLC0415 - torch import, only for these commands
+        CHECKPOINT_DIR,
+        CheckpointError,
+        clear_checkpoints,
+        fresh_run_problem,
+        load_compatible_checkpoint,
+    )
+
+    if config.get("resume"):
+        if overwrite:
+            raise ValueError("--resume continues the run in the output folder, --overwrite replaces it: pick one")
+        try:
+            load_compatible_checkpoint(Path(out) / CHECKPOINT_DIR, config, load_suite(str(config["suite"])))
+        except CheckpointError as exc:
+            raise ValueError(str(exc)) from None
+        return
+    problem = fresh_run_problem(out)
+    if problem is None:
+        return
+    if not overwrite:
+        raise ValueError(problem)
+    removed = clear_checkpoints(out)
+    say(f"--overwrite: removed {removed} checkpoint(s) of the previous run in {out}")

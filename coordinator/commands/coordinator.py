@@ -28,15 +28,18 @@ from typing import Any
 import tomli_w
 
 from common.signals import install_stop_handlers
-from coordinator.commands.common import add_run_options, run_config_from_args
+from coordinator.commands.common import add_run_options, check_output_folder, run_config_from_args
 from coordinator.commands.simulate import app_dir
 from coordinator.config import RunConfig
+from fedmtl.commands.dashboard import add_dashboard_options, start_for_run
+from fedmtl.progress import RunReporter, add_output_options, output_mode
 from launch.service import (
     RUN_CONFIG_FILE,
     CoordinatorService,
     CoordinatorSettings,
     DeploymentError,
     DeploymentFailed,
+    client_registry_path,
     insecure_banner,
 )
 from launch.gateway import DEFAULT_PULL_HOLD_S
@@ -76,6 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"reaches it at once (default {DEFAULT_PULL_HOLD_S:g}; 0 = off: Flower's clients then "
                         "look for messages only every 3 s)")
     p.add_argument("--timeout", type=float, default=None, help="stop the run after this many seconds")
+    add_dashboard_options(p)
+    add_output_options(p)
     p.set_defaults(func=run)
 
 
@@ -123,6 +128,8 @@ def build(args: argparse.Namespace) -> tuple[CoordinatorSettings, dict[str, Any]
         return value if value is not None else saved.get(name, default)
 
     insecure = bool(args.insecure or saved.get("insecure", False))
+    # Identities come from the registered keys (the ServerApp reads this file at every discovery).
+    config["client-registry"] = "" if insecure else str(client_registry_path(run_dir))
     tls_dir = pick("tls_dir", None)
     keys = pick("authorized_keys", None)
     settings = CoordinatorSettings(
@@ -144,10 +151,6 @@ def _save(settings: CoordinatorSettings, config: dict[str, Any]) -> None:
         "pull_hold": settings.pull_hold_s}, indent=1) + "\n")
 
 
-def _say(line: str) -> None:
-    print(line, flush=True)
-
-
 def run(args: argparse.Namespace) -> int:
     settings, config = build(args)
     try:
@@ -158,22 +161,27 @@ def run(args: argparse.Namespace) -> int:
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     out = Path(config["out"]).resolve()
+    check_output_folder(out, config, args.overwrite)  # another run's checkpoints are not deleted silently
     out.mkdir(parents=True, exist_ok=True)
     check_fab(app, forbidden=[run_dir, out])  # nothing of the run directory may ship with the app
     _save(settings, config)
 
+    dashboard = start_for_run(args, out)
+    report = RunReporter(output_mode(args), rounds=config["rounds"], title="coordinator").__enter__()
+    if dashboard is not None:
+        report.say(f"  dashboard at {dashboard.url}", dashboard=dashboard.url)
     if settings.insecure:
         print(insecure_banner("COORDINATOR"), file=sys.stderr, flush=True)
-    _say(f"fedmtl coordinator: suite {config['suite']!r}, mode {config['mode']!r}, {config['rounds']} rounds, "
-         f"min {config['min-clients']} clients -> {out}" + (" (resuming)" if config["resume"] else ""))
+    report.say(f"fedmtl coordinator: suite {config['suite']!r}, mode {config['mode']!r}, {config['rounds']} rounds, "
+               f"min {config['min-clients']} clients -> {out}" + (" (resuming)" if config["resume"] else ""))
     if settings.insecure:
-        _say(f"  clients connect to {settings.public} WITHOUT TLS (fedmtl client --insecure)")
+        report.say(f"  clients connect to {settings.public} WITHOUT TLS (fedmtl client --insecure)")
     else:
-        _say(f"  clients connect to {settings.public} over TLS; they must dial one of the certificate's "
-             f"names: {', '.join(sans)}")
+        report.say(f"  clients connect to {settings.public} over TLS; they must dial one of the certificate's "
+                   f"names: {', '.join(sans)}")
 
     restore = install_stop_handlers()  # SIGTERM (docker stop, systemd) ends the coordinator like Ctrl-C
-    service = CoordinatorService(settings, app, on_line=_say)
+    service = CoordinatorService(settings, app, on_line=report.on_line)
     t0 = time.monotonic()
     try:
         try:
@@ -181,8 +189,8 @@ def run(args: argparse.Namespace) -> int:
         except (SuperLinkError, DeploymentError) as exc:
             print(f"fedmtl coordinator: error: {exc}", file=sys.stderr, flush=True)
             return 1
-        _say(f"  SuperLink (Control and Runtime APIs, this host only) on {service.link.address}; state "
-             f"{run_dir / 'state.db'}; logs {service.link.log_path}, {run_dir / 'gateway.log'}")
+        report.say(f"  SuperLink (Control and Runtime APIs, this host only) on {service.link.address}; state "
+                   f"{run_dir / 'state.db'}; logs {service.link.log_path}, {run_dir / 'gateway.log'}")
         if not settings.insecure:
             try:
                 keys, revoked = service.register_authorized_keys()
@@ -190,26 +198,30 @@ def run(args: argparse.Namespace) -> int:
                 print(f"fedmtl coordinator: error: {exc}", file=sys.stderr, flush=True)
                 return 1
             names = ", ".join(name for name, _fp, _node in keys) or "none yet"
-            _say(f"  accepted client keys ({settings.authorized_keys}): {names}")
+            report.say(f"  accepted client keys ({settings.authorized_keys}): {names}")
             if revoked:
-                _say(f"  revoked (no longer in {settings.authorized_keys}): {', '.join(revoked)}")
+                report.say(f"  revoked (no longer in {settings.authorized_keys}): {', '.join(revoked)}")
             if not keys:
-                _say(f"  register clients with: fedmtl keys register NAME.pub --run-dir {run_dir}")
+                report.say(f"  register clients with: fedmtl keys register NAME.pub --run-dir {run_dir}")
         try:
             for stale in service.stop_stale_runs():
-                _say(f"  stopped run {stale}, left unfinished by a previous coordinator")
+                report.say(f"  stopped run {stale}, left unfinished by a previous coordinator")
             run_id = service.submit(config)
-            _say(f"  run {run_id} submitted; waiting for {config['min-clients']} clients "
-                 f"(up to {config['min-clients-timeout']:.0f}s)")
+            report.say(f"  run {run_id} submitted; waiting for {config['min-clients']} clients "
+                       f"(up to {config['min-clients-timeout']:.0f}s)")
             status = service.follow(timeout_s=args.timeout)
         except DeploymentFailed as exc:
             print(f"fedmtl coordinator: the run failed: {exc}", file=sys.stderr, flush=True)
             return 1
-        _say(f"fedmtl coordinator: run {run_id} {status} in {time.monotonic() - t0:.0f}s; history in "
-             f"{out / 'history.json'}, models in {out / 'models'}, plots in {out / 'plots'}")
+        report.result(f"fedmtl coordinator: run {run_id} {status} in {time.monotonic() - t0:.0f}s; history in "
+                      f"{out / 'history.json'}, models in {out / 'models'}, plots in {out / 'plots'}",
+                      status=status, run_id=run_id, out=str(out), last_round=(report.last or {}).get("round"))
         return 0
     finally:
         service.stop()
         restore()
+        if dashboard is not None:
+            dashboard.stop()
+        report.__exit__()
 
 

@@ -100,6 +100,10 @@ def run_register(args: argparse.Namespace) -> int:
     auth = _auth_dir(args)
     registered = read_registered(args.run_dir)
     revoked = {v.get("fingerprint"): name for name, v in registered.items() if v.get("revoked")}
+    names = [key_name(p) for p in args.public_keys if p.is_file()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"several keys carry the client name(s) {twice}: each client needs its own name")
     for pub in args.public_keys:
         try:
             load_client_public_key(pub)
@@ -109,6 +113,14 @@ def run_register(args: argparse.Namespace) -> int:
             raise ValueError(f"the key {pub} ({revoked[public_key_fingerprint(pub)]}) was revoked, and Flower never "
                              f"accepts a revoked key again: make a new key pair on the client "
                              f"(`fedmtl keys create {key_name(pub)} --force`) and register its .pub")
+        name = key_name(pub)
+        target = auth / f"{name}.pub"
+        if target.is_file() and pub.resolve() != target.resolve() and \
+                public_key_fingerprint(target) != public_key_fingerprint(pub):
+            raise ValueError(f"the name {name!r} is already bound to another accepted key ({target}, "
+                             f"{public_key_fingerprint(target)}): a second client may not take a registered name. "
+                             f"Give this client its own name (`fedmtl keys create OTHER_NAME` on it), or revoke the "
+                             f"old key first (`fedmtl keys revoke {name} --run-dir {args.run_dir}`)")
     auth.mkdir(parents=True, exist_ok=True)
     copied = []
     for pub in args.public_keys:

@@ -1,8 +1,10 @@
 """`fedmtl simulate`: a whole federation on this machine, on Flower's simulation engine (Ray).
 
 It starts a private SuperLink in simulation mode, submits the fedmtl app to it (the same
-ServerApp and ClientApp a real deployment runs), streams the coordinator's progress lines,
-and tears everything down at the end, also on Ctrl-C.
+ServerApp and ClientApp a real deployment runs), shows the coordinator's progress (a progress
+bar on a terminal, plain lines otherwise, --json lines for scripts, --quiet for nothing but the
+result), and tears everything down at the end, also on Ctrl-C. --dashboard serves the live
+dashboard of the run meanwhile (see `fedmtl dashboard`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coordinator.commands.common import add_run_options, run_config_from_args
+from coordinator.commands.common import add_run_options, check_output_folder, run_config_from_args
+from fedmtl.commands.dashboard import add_dashboard_options, start_for_run
+from fedmtl.progress import RunReporter, add_output_options, output_mode
 from launch.simulation import SimulationFailed, run_simulation_app
 from tasks.registry import builtin_data_root
 
@@ -28,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run the clients on an existing Ray cluster (the head's HOST:PORT, from `ray start --head`; "
                         "run this command on a node of that cluster) instead of a private Ray on this machine")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    add_dashboard_options(p)
+    add_output_options(p)
     p.set_defaults(func=run)
 
 
@@ -55,23 +61,35 @@ def run(args: argparse.Namespace) -> int:
         config["min-clients"] = args.clients
     out = Path(config["out"]).resolve()
     config["out"] = str(out)
+    check_output_folder(out, config, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"fedmtl simulate: {args.clients} clients, suite {config['suite']!r}, mode {config['mode']!r}, "
-          f"{config['rounds']} rounds -> {out}", flush=True)
-    try:
-        status = run_simulation_app(
-            app_dir=app_dir(),
-            run_dir=out / ".flower",
-            run_config=config,
-            num_supernodes=args.clients,
-            num_cpus_per_client=args.num_cpus,
-            num_gpus_per_client=args.num_gpus,
-            ray_address=args.ray_address,
-            timeout_s=args.timeout,
-            on_line=lambda line: print(line, flush=True),
-        )
-    except SimulationFailed as exc:
-        print(f"fedmtl simulate: the run failed: {exc}", flush=True)
-        return 1
-    print(f"fedmtl simulate: {status}; history in {out / 'history.json'}, plots in {out / 'plots'}", flush=True)
+    dashboard = start_for_run(args, out)
+    with RunReporter(output_mode(args), rounds=config["rounds"], title="simulate") as report:
+        report.say(f"fedmtl simulate: {args.clients} clients, suite {config['suite']!r}, mode {config['mode']!r}, "
+                   f"{config['rounds']} rounds -> {out}", clients=args.clients, suite=config["suite"],
+                   mode=config["mode"], rounds=config["rounds"], out=str(out))
+        if dashboard is not None:
+            report.say(f"fedmtl simulate: dashboard at {dashboard.url}", dashboard=dashboard.url)
+        try:
+            status = run_simulation_app(
+                app_dir=app_dir(),
+                run_dir=out / ".flower",
+                run_config=config,
+                num_supernodes=args.clients,
+                num_cpus_per_client=args.num_cpus,
+                num_gpus_per_client=args.num_gpus,
+                ray_address=args.ray_address,
+                timeout_s=args.timeout,
+                on_line=report.on_line,
+            )
+        except SimulationFailed as exc:
+            report.result(f"fedmtl simulate: the run failed: {exc}", status="failed", error=str(exc))
+            return 1
+        finally:
+            if dashboard is not None:
+                dashboard.stop()
+                report.say(f"fedmtl simulate: the dashboard stopped with the run; `fedmtl dashboard {out}` serves it again")
+        report.result(f"fedmtl simulate: {status}; history in {out / 'history.json'}, plots in {out / 'plots'}",
+                      status=status, out=str(out), last_round=(report.last or {}).get("round"),
+                      mean_accuracy=(report.last or {}).get("mean_accuracy"))
     return 0

@@ -1,0 +1,318 @@
+"""Every reply from a client is untrusted input: read it here, check it, and never raise.
+
+`read_query`, `read_train` and `read_evaluate` each take a Flower reply and the `Sent` record of
+the message it answers (matched by Flower's reply-to id, see `coordinator.messaging`), and
+return either the decoded result or a `Refused` naming every problem. Nothing a client writes
+decides which group a reply belongs to, how many examples it weighs, or how much memory it
+costs: records, keys, dtypes, shapes and byte sizes are checked against what was asked *before*
+any array is decoded, counts are bounded by what the client declared when it joined (itself
+bounded by `max-examples`), and the update itself goes through `strategies.validation`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+
+from coordinator.messaging import Sent
+from coordinator.state import ClientInfo, TaskGroup
+from strategies.affinity import SIGNALS, AffinityStats
+from strategies.fusion import ClientUpdate
+from strategies.validation import ValidationPolicy
+from tasks import protocol as P
+from tasks.models import split_state
+
+NPY_HEADER_SLACK = 4096  # bytes an .npy header may add to an array's raw size
+MAX_ENTRIES = 4096  # metrics (or listed tasks) one reply may carry
+MAX_TEXT = 200  # characters of a client-chosen string kept in logs and history
+
+
+@dataclass
+class Refused:
+    """Why a reply was not used (every problem found, in order)."""
+
+    reasons: list[str]
+
+
+@dataclass
+class TrainReply:
+    """A train reply decoded into fusion inputs plus the client's bookkeeping."""
+
+    update: ClientUpdate
+    losses: dict[str, float]
+    train_seconds: float
+    affinity_seconds: float
+    steps: int
+    affinity: dict[str, AffinityStats] = field(default_factory=dict)
+
+
+def short(text: object) -> str:
+    """A client-chosen string, cut to a length fit for logs."""
+    s = str(text)
+    return s if len(s) <= MAX_TEXT else s[:MAX_TEXT] + "..."
+
+
+# ----------------------------------------------------------------------------- shared checks
+
+
+def _check_origin(reply: Message, sent: Sent) -> list[str]:
+    src = reply.metadata.src_node_id
+    return [] if src == sent.node else [f"reply comes from node {src}, the message went to node {sent.node}"]
+
+
+def _records(reply: Message, allowed: dict[str, type], required: set[str]) -> tuple[dict, list[str]]:
+    """The reply's records by name, if their names and types are the expected ones."""
+    content = reply.content
+    names = list(content.keys())
+    problems = [f"unexpected record {short(n)!r}" for n in names if n not in allowed][:5]
+    problems += [f"missing record {n!r}" for n in sorted(required) if n not in names]
+    records = {}
+    for name in names:
+        if name in allowed:
+            record = content[name]
+            if not isinstance(record, allowed[name]):
+                problems.append(f"record {name!r} is a {type(record).__name__}, expected {allowed[name].__name__}")
+            else:
+                records[name] = record
+    return records, problems
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and int(value) >= 0
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _decode_state(record: ArrayRecord, expected: dict[str, torch.Tensor], where: str) -> tuple[dict, list[str]]:
+    """Decode an ArrayRecord whose every key, dtype, shape and byte size matches `expected`
+    (checked first, from the record's metadata: nothing oversized or unexpected is decoded)."""
+    problems: list[str] = []
+    unexpected = [k for k in record.keys() if k not in expected]
+    if unexpected:
+        shown = ", ".join(repr(short(k)) for k in unexpected[:5])
+        problems.append(f"{where}: unexpected arrays {shown}" + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
+    for key in record.keys():
+        if key not in expected:
+            continue
+        array, ref = record[key], expected[key]
+        want_dtype = str(torch.empty(0, dtype=ref.dtype).numpy().dtype)
+        if str(array.dtype) != want_dtype:
+            problems.append(f"{where}.{key}: dtype {short(array.dtype)}, expected {want_dtype}")
+        if tuple(array.shape) != tuple(ref.shape):
+            problems.append(f"{where}.{key}: shape {tuple(array.shape)[:8]}, expected {tuple(ref.shape)}")
+        limit = ref.element_size() * ref.numel() + NPY_HEADER_SLACK
+        if len(array.data) > limit:
+            problems.append(f"{where}.{key}: {len(array.data)} bytes, more than the {limit} its shape needs")
+    if problems:
+        return {}, problems
+    state: dict[str, torch.Tensor] = {}
+    for key in record.keys():
+        try:
+            value = torch.from_numpy(np.ascontiguousarray(record[key].numpy()))
+        except Exception as exc:  # a malformed .npy payload
+            return {}, [f"{where}.{key}: unreadable array ({type(exc).__name__}: {short(exc)})"]
+        if tuple(value.shape) != tuple(expected[key].shape) or value.dtype != expected[key].dtype:
+            return {}, [f"{where}.{key}: payload is {value.dtype} {tuple(value.shape)[:8]}, its header said otherwise"]
+        state[key] = value
+    return state, []
+
+
+# ----------------------------------------------------------------------------- query
+
+
+def read_query(reply: Message, sent: Sent, suite_tasks: list[str], max_examples: int) -> ClientInfo | Refused:
+    """What a client says it holds: name, device, tasks and example counts (never data)."""
+    problems = _check_origin(reply, sent)
+    records, more = _records(reply, {P.INFO: ConfigRecord}, {P.INFO})
+    problems += more
+    if problems:
+        return Refused(problems)
+    info = records[P.INFO]
+    name, device = info.get("name"), info.get("device", "cpu")
+    tasks, train, test = info.get("tasks"), info.get("train-examples"), info.get("test-examples")
+    if not isinstance(name, str) or not name or len(name) > 128 or not name.isprintable():
+        problems.append(f"name {short(name)!r} is not a printable string of 1-128 characters")
+    if not isinstance(device, str) or len(device) > 64:
+        problems.append(f"device {short(device)!r} is not a short string")
+    lists = {"tasks": tasks, "train-examples": train, "test-examples": test}
+    for key, value in lists.items():
+        if not isinstance(value, list):
+            problems.append(f"{key} is {type(value).__name__}, expected a list")
+    if problems:
+        return Refused(problems)
+    if not (len(tasks) == len(train) == len(test)):
+        return Refused([f"{len(tasks)} tasks but {len(train)} train and {len(test)} test counts"])
+    if len(tasks) > MAX_ENTRIES:
+        return Refused([f"{len(tasks)} tasks listed, more than the {MAX_ENTRIES} a reply may carry"])
+    if len(set(map(str, tasks))) != len(tasks):
+        problems.append("a task is listed twice")
+    held: list[str] = []
+    counts_train, counts_test = {}, {}
+    for t, n_train, n_test in zip(tasks, train, test):
+        if not isinstance(t, str):
+            problems.append(f"task name {short(t)!r} is not a string")
+            continue
+        for what, n in (("train", n_train), ("test", n_test)):
+            if not _is_count(n):
+                problems.append(f"{what} count of task {short(t)!r} is {short(n)!r}, not a non-negative integer")
+            elif int(n) > max_examples:
+                problems.append(f"{what} count of task {short(t)!r} is {int(n)}, more than max-examples = {max_examples}")
+        if t in suite_tasks:
+            held.append(t)
+            counts_train[t], counts_test[t] = n_train, n_test
+    if problems:
+        return Refused(problems)
+    return ClientInfo(
+        node_id=sent.node, name=name, tasks=[t for t in suite_tasks if t in held],
+        train_examples={t: int(n) for t, n in counts_train.items()},
+        test_examples={t: int(n) for t, n in counts_test.items()}, device=device,
+    )
+
+
+def unknown_tasks(reply: Message, suite_tasks: list[str]) -> list[str]:
+    """Task names a (valid) query reply lists that the suite does not have (for a log line)."""
+    tasks = reply.content[P.INFO].get("tasks", [])
+    return sorted(short(t) for t in tasks if t not in suite_tasks)[:10]
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def read_train(
+    reply: Message, sent: Sent, group: TaskGroup, client: ClientInfo, policy: ValidationPolicy,
+    max_metrics: int = MAX_ENTRIES,
+) -> TrainReply | Refused:
+    """A train reply fit to fuse, or why not. `group` holds the weights the client was sent."""
+    problems = _check_origin(reply, sent)
+    allowed = {P.MODEL: ArrayRecord, P.METRICS: MetricRecord, P.CONFIG: ConfigRecord}
+    records, more = _records(reply, allowed, {P.MODEL, P.METRICS})
+    problems += more
+    if problems:
+        return Refused(problems)
+    asked = list(sent.tasks)
+    expected = group.state_for(asked)
+    state, problems = _decode_state(records[P.MODEL], expected, "model")
+    metrics = records[P.METRICS]
+    if len(metrics) > max_metrics:
+        problems.append(f"metrics: {len(metrics)} entries, more than the {max_metrics} a reply may carry")
+    if problems:
+        return Refused(problems)
+    body, heads = split_state(state)
+    body = {k: body[k] for k in group.body if k in body} | {k: v for k, v in body.items() if k not in group.body}
+    examples: dict[str, object] = {}
+    losses: dict[str, float] = {}
+    for t in asked:
+        ex_key, loss_key = P.task_key(P.EXAMPLES, t), P.task_key(P.LOSS, t)
+        if ex_key in metrics:
+            examples[t] = metrics[ex_key]
+        if loss_key in metrics:
+            if not _finite(metrics[loss_key]):
+                problems.append(f"{loss_key} = {short(metrics[loss_key])!r} is not a finite number")
+            else:
+                losses[t] = float(metrics[loss_key])
+    for t, n in examples.items():
+        if _is_count(n) and int(n) > client.train_examples.get(t, 0):
+            problems.append(f"examples of task {t!r}: {int(n)}, more than the {client.train_examples.get(t, 0)} "
+                            "this client declared when it joined")
+    seconds = {}
+    for key in (P.TRAIN_SECONDS, P.AFFINITY_SECONDS):
+        value = metrics.get(key, 0.0)
+        if not _finite(value) or float(value) < 0:
+            problems.append(f"{key} = {short(value)!r} is not a non-negative number")
+        seconds[key] = float(value) if _finite(value) else 0.0
+    steps = metrics.get(P.STEPS, 0)
+    if not _is_count(steps):
+        problems.append(f"{P.STEPS} = {short(steps)!r} is not a non-negative integer")
+        steps = 0
+    update = ClientUpdate(node_id=sent.node, body=body, heads=heads, examples=examples)  # type: ignore[arg-type]
+    problems += policy.check(group.body, {t: group.heads[t] for t in asked}, asked, update)
+    affinity, more = _read_affinity_stats(dict(metrics), asked, int(steps))
+    problems += more
+    if problems:
+        return Refused(problems)
+    return TrainReply(update, losses, seconds[P.TRAIN_SECONDS], seconds[P.AFFINITY_SECONDS], int(steps), affinity)
+
+
+def _read_affinity_stats(metrics: dict, tasks: list[str], steps: int) -> tuple[dict[str, AffinityStats], list[str]]:
+    """Virtual-step affinity sums/counts: only tasks the client trained, finite sums, counts no
+    larger than the steps it ran, means in the signal's range."""
+    out: dict[str, AffinityStats] = {}
+    problems: list[str] = []
+    ranges = {"lookahead": (-1e3, 1.0), "cosine": (-1.0, 1.0)}
+    for signal in SIGNALS:
+        if not any(k.startswith(f"{signal}.") for k in metrics):
+            continue
+        try:
+            stats = AffinityStats.from_metrics(metrics, prefix=signal)
+        except (ValueError, TypeError) as exc:
+            problems.append(f"affinity {signal}: {short(exc)}")
+            continue
+        stray = [t for t in stats.tasks if t not in tasks]
+        if stray:
+            problems.append(f"affinity {signal}: tasks {stray[:5]} this client was not asked to train")
+            continue
+        if not np.isfinite(stats.sums).all():
+            problems.append(f"affinity {signal}: non-finite sums")
+            continue
+        if (stats.counts < 0).any() or stats.counts.max(initial=0) > steps:
+            problems.append(f"affinity {signal}: counts up to {int(stats.counts.max(initial=0))}, "
+                            f"more than the {steps} steps it ran")
+            continue
+        low, high = ranges[signal]
+        mean = stats.mean()
+        bad = np.isfinite(mean) & ((mean < low - 1e-9) | (mean > high + 1e-9))
+        if bad.any():
+            problems.append(f"affinity {signal}: mean values outside [{low}, {high}]")
+            continue
+        if stats.counts.sum() > 0:
+            out[signal] = stats
+    return out, problems
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def read_evaluate(reply: Message, sent: Sent, client: ClientInfo) -> dict[str, dict[str, float]] | Refused:
+    """{task: {accuracy, loss, examples}} for exactly the tasks this message asked about."""
+    problems = _check_origin(reply, sent)
+    records, more = _records(reply, {P.METRICS: MetricRecord}, {P.METRICS})
+    problems += more
+    if problems:
+        return Refused(problems)
+    metrics = records[P.METRICS]
+    if len(metrics) > MAX_ENTRIES:
+        return Refused([f"metrics: {len(metrics)} entries, more than the {MAX_ENTRIES} a reply may carry"])
+    asked = set(sent.tasks)
+    names = (P.ACCURACY, P.LOSS, P.EXAMPLES)
+    for key in metrics.keys():
+        prefix, _, task = key.partition(".")
+        if prefix in names and task not in asked:
+            problems.append(f"metric {short(key)!r} for a task this message did not ask about")
+    out: dict[str, dict[str, float]] = {}
+    for t in sent.tasks:
+        values = {n: metrics.get(P.task_key(n, t)) for n in names}
+        missing = [n for n, v in values.items() if v is None]
+        if missing:
+            problems.append(f"task {t!r}: no {', '.join(missing)}")
+            continue
+        acc, loss, n = values[P.ACCURACY], values[P.LOSS], values[P.EXAMPLES]
+        if not _finite(acc) or not 0.0 <= float(acc) <= 1.0:
+            problems.append(f"accuracy of task {t!r} is {short(acc)!r}, not in [0, 1]")
+        # A model that diverged has an infinite or NaN loss: that is a result, not a lie.
+        if not isinstance(loss, Real) or isinstance(loss, bool) or float(loss) < 0:
+            problems.append(f"loss of task {t!r} is {short(loss)!r}, not a non-negative number")
+        if not _finite(n) or float(n) < 0 or float(n) != int(float(n)):
+            problems.append(f"examples of task {t!r} is {short(n)!r}, not a count")
+        elif int(float(n)) > client.test_examples.get(t, 0):
+            problems.append(f"examples of task {t!r}: {int(float(n))}, more than the {client.test_examples.get(t, 0)} "
+                            "test examples it declared")
+        else:
+            out[t] = {"accuracy": float(acc), "loss": float(loss), "examples": float(n)}
+    return Refused(problems) if problems else out

@@ -1,0 +1,146 @@
+"""Weighted sums of float32 vectors, folded in a fixed order whatever order they arrive in.
+
+Why: float addition is not associative, so a mean folded in arrival order changes in its last
+bits when replies arrive in another order, and a run would not be reproducible for its seed.
+An exact, order-free sum is possible but costs several passes per element; a plain in-place
+float32 add is one. So the order is fixed instead: the caller says which keys to expect, in
+their canonical order (`expect`); a term is folded as soon as every term before it has arrived
+or been given up (`skip`); a term that arrives early waits — in RAM up to `max_waiting` terms,
+then in a spill file under `spill_dir` — until its turn. Replies of a round mostly arrive in
+the order they were sent, so little ever waits: memory stays one accumulator, not one vector
+per client, and the result is bitwise the same for every arrival order.
+
+Keys never announced by `expect` (or all keys, if it is never called) are folded at `total()`
+in sorted order after the announced ones. Accumulation is in float32 (one pass per term, like a
+plain sum), so the sum carries the usual float32 rounding: at most about K * 2^-24 relative to
+the sum of magnitudes for K terms, typically sqrt(K) times less.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Hashable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+class OrderedSum:
+    """sum_i w_i * x_i over float32 vectors given as per-tensor segments (layout `sizes`)."""
+
+    def __init__(self, sizes: Sequence[int], spill_dir: str | os.PathLike | None = None, max_waiting: int = 4) -> None:
+        self.sizes = [int(s) for s in sizes]
+        self.acc = [np.zeros(s, np.float32) for s in self.sizes]
+        self.weight = 0
+        self.count = 0
+        self.max_waiting = max_waiting
+        self.spill_dir = None if spill_dir is None else Path(spill_dir)
+        self._order: list[Hashable] = []
+        self._announced: set[Hashable] = set()
+        self._next = 0  # position in _order of the next term to fold
+        self._waiting: dict[Hashable, tuple[object, int]] = {}  # key -> (segments or spill path, weight)
+        self._done: set[Hashable] = set()  # folded or skipped
+        self._added: set[Hashable] = set()
+
+    # -- the order -------------------------------------------------------------------------------
+
+    def expect(self, keys: Iterable[Hashable]) -> None:
+        """Announce terms that may arrive, in the order they are to be folded (appended)."""
+        for k in keys:
+            if k not in self._announced:
+                self._announced.add(k)
+                self._order.append(k)
+        self._drain()
+
+    def skip(self, key: Hashable) -> None:
+        """This term will never come (the client failed, timed out or was refused)."""
+        if key in self._added:
+            raise ValueError(f"term {key!r} already arrived; it cannot be skipped")
+        self._done.add(key)
+        self._drain()
+
+    # -- terms -----------------------------------------------------------------------------------
+
+    def add(self, key: Hashable, segments: Sequence[np.ndarray], weight: int) -> None:
+        """Fold (or, if terms before it are still out, hold) one term. The segments are read,
+        never written; the caller must not change them afterwards."""
+        if key in self._added:
+            raise ValueError(f"a term with key {key!r} was already added")
+        if key in self._done:
+            raise ValueError(f"term {key!r} was skipped; it cannot be added")
+        if [len(s) for s in segments] != self.sizes:
+            raise ValueError("term does not match the sum's layout")
+        self._added.add(key)
+        self.count += 1
+        self._waiting[key] = (list(segments), int(weight))
+        self._drain()
+        if key in self._waiting:  # early: it waits for the terms before it
+            self._hold(key)
+
+    def _hold(self, key: Hashable) -> None:
+        in_ram = sum(isinstance(v, list) for v, _ in self._waiting.values())
+        if self.spill_dir is None or in_ram <= self.max_waiting:
+            return  # waits in RAM (the caller's arrays, which it has handed over)
+        segments, w = self._waiting[key]
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="waiting-", suffix=".f32", dir=self.spill_dir)
+        with os.fdopen(fd, "wb") as f:
+            for s in segments:  # type: ignore[union-attr]
+                f.write(memoryview(np.ascontiguousarray(s, dtype=np.float32)))
+        self._waiting[key] = (Path(name), w)
+
+    def _load(self, held: object) -> list[np.ndarray]:
+        if isinstance(held, list):
+            return held
+        flat = np.fromfile(held, dtype=np.float32)  # type: ignore[arg-type]
+        Path(held).unlink(missing_ok=True)  # type: ignore[arg-type]
+        return np.split(flat, np.cumsum(self.sizes)[:-1])
+
+    def _fold(self, key: Hashable) -> None:
+        held, w = self._waiting.pop(key)
+        segments = self._load(held)  # (a spilled term's file is removed here)
+        if w == 1:
+            for acc, x in zip(self.acc, segments):
+                np.add(acc, x, out=acc)  # one in-place pass, like a plain sum
+        elif w:
+            for acc, x in zip(self.acc, segments):
+                scaled = np.multiply(x, np.float32(w), out=self._scratch(len(x)))
+                np.add(acc, scaled, out=acc)
+        self.weight += w
+        self._done.add(key)
+
+    def _scratch(self, n: int) -> np.ndarray:
+        """A reusable buffer for weighted terms (no allocation per term)."""
+        if getattr(self, "_buf", None) is None or len(self._buf) < n:
+            self._buf = np.empty(max(self.sizes, default=0), np.float32)
+        return self._buf[:n]
+
+    def _drain(self) -> None:
+        while self._next < len(self._order):
+            key = self._order[self._next]
+            if key in self._waiting:
+                self._fold(key)
+            elif key not in self._done:
+                return
+            self._next += 1
+
+    # -- result ----------------------------------------------------------------------------------
+
+    def total(self) -> list[np.ndarray]:
+        """The sum, per segment, after folding every term that arrived (announced ones first, in
+        their order; the others in sorted key order). Missing announced terms count as skipped."""
+        for key in self._order[self._next:]:
+            if key in self._waiting:
+                self._fold(key)
+        self._next = len(self._order)
+        for key in sorted(self._waiting, key=repr):
+            self._fold(key)
+        return self.acc
+
+    def close(self) -> None:
+        """Delete spill files of terms that never got their turn."""
+        for held, _ in self._waiting.values():
+            if isinstance(held, Path):
+                held.unlink(missing_ok=True)
+        self._waiting.clear()

@@ -1,0 +1,247 @@
+"""A hostile ClientApp: replies an honest client would never send, for tests and benchmarks.
+
+Unlike `testbed.faults` (the honest client with broken updates), this app forges whole replies:
+missing or unexpected records, wrong types, lists of different lengths, oversized arrays,
+counts it never had, affinity it never measured, metrics out of range, names it does not own.
+It answers honestly except where its node config says otherwise:
+
+    hostile = "BEHAVIOUR[,BEHAVIOUR...]"     (see BEHAVIOURS; empty = honest)
+    hostile-round = R                       only in round R (absent or 0: every round)
+    steal-name = NAME                       with `q-steal-name`: the name it claims
+
+A behaviour's prefix says which reply it forges: `q-` query, `t-` train, `e-` evaluate.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client import app as honest
+from tasks import protocol as P
+
+BEHAVIOURS = {
+    # every message
+    "x-crash": "raises on every message (never joins: a reference for runs without it)",
+    # query
+    "q-no-info": "query reply without its info record",
+    "q-lengths": "task and count lists of different lengths",
+    "q-huge-counts": "declares 10^12 training examples",
+    "q-types": "task names as numbers, counts as strings",
+    "q-steal-name": "claims another client's name (steal-name)",
+    "q-long-name": "a 100,000-character name",
+    # train
+    "t-no-model": "train reply without its model record",
+    "t-no-metrics": "train reply without its metrics record",
+    "t-extra-record": "an extra, unexpected record",
+    "t-extra-head": "a head for a task it was not asked to train",
+    "t-extra-array": "an array the model does not have",
+    "t-shape": "a body tensor of the wrong shape",
+    "t-dtype": "the body in float64",
+    "t-oversized": "an array whose bytes are 100x what its shape needs",
+    "t-nan": "NaN in the body",
+    "t-huge": "an update scaled by 1e8",
+    "t-inflate-examples": "claims 10^9 examples (more than it declared)",
+    "t-float-examples": "example counts as floats",
+    "t-negative-seconds": "negative training time",
+    "t-affinity-nan": "NaN affinity sums",
+    "t-affinity-counts": "affinity counts far above the steps it ran",
+    "t-affinity-foreign": "affinity for tasks it does not hold",
+    "t-affinity-range": "cosine affinity of 50",
+    "t-many-metrics": "100,000 metric entries",
+    "t-wrong-reply": "a reply that answers no message",
+    "t-reordered": "the right keys in another order (valid: must fuse correctly)",
+    # evaluate
+    "e-no-metrics": "evaluate reply without metrics",
+    "e-accuracy": "accuracy 2.0",
+    "e-negative-loss": "loss -5",
+    "e-foreign-task": "metrics for a task it was not asked about",
+    "e-inflate-examples": "claims 10^9 test examples",
+    "e-many-metrics": "100,000 metric entries",
+}
+
+
+PLAN_MODULE = "testbed.hostile_plan"  # written by `app_folder`: app bundles carry only *.py files
+
+
+def _node_settings(context: Context) -> dict:
+    """This node's hostile settings: its node config, or (simulation, where a node config holds only
+    partition-id and num-partitions) the plan file shipped inside the app folder, by partition."""
+    node = dict(context.node_config)
+    if "hostile" not in node:
+        try:
+            plan = importlib.import_module(PLAN_MODULE).PLAN
+        except ModuleNotFoundError:
+            plan = {}
+        node |= plan.get(str(node.get("partition-id")), {})
+    return node
+
+
+def _behaviours(context: Context, msg: Message) -> set[str]:
+    node = _node_settings(context)
+    wanted = {b.strip() for b in str(node.get("hostile", "") or "").split(",") if b.strip()}
+    unknown = wanted - set(BEHAVIOURS)
+    if unknown:
+        raise ValueError(f"unknown hostile behaviours {sorted(unknown)}; known: {sorted(BEHAVIOURS)}")
+    only = int(node.get("hostile-round", 0) or 0)
+    this = int(dict(msg.content[P.CONFIG]).get("round", 0)) if P.CONFIG in msg.content else 0
+    return wanted if not only or only == this else set()
+
+
+def _maybe_crash(evil: set[str]) -> None:
+    if "x-crash" in evil:
+        raise RuntimeError("hostile client: x-crash")
+
+
+def _rebuild(reply: Message, msg: Message, records: dict) -> Message:
+    return Message(RecordDict(records), reply_to=msg)
+
+
+app = ClientApp()
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    evil = _behaviours(context, msg)
+    _maybe_crash(evil)
+    reply = honest.query(msg, context)
+    info = dict(reply.content[P.INFO])
+    if "q-no-info" in evil:
+        return _rebuild(reply, msg, {P.CONFIG: ConfigRecord({"hello": "world"})})
+    if "q-lengths" in evil:
+        info["train-examples"] = info["train-examples"][:-1] or [1, 2]
+    if "q-huge-counts" in evil:
+        info["train-examples"] = [10**12 for _ in info["train-examples"]]
+    if "q-types" in evil:
+        info["tasks"] = list(range(len(info["tasks"])))
+        info["train-examples"] = [str(n) for n in info["train-examples"]]
+    if "q-steal-name" in evil:
+        info["name"] = str(_node_settings(context).get("steal-name", "partition-0"))
+    if "q-long-name" in evil:
+        info["name"] = "x" * 100_000
+    return _rebuild(reply, msg, {P.INFO: ConfigRecord(info)})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    evil = _behaviours(context, msg)
+    _maybe_crash(evil)
+    reply = honest.train(msg, context)
+    if not evil:
+        return reply
+    if "t-wrong-reply" in evil:
+        other = Message(RecordDict(), dst_node_id=msg.metadata.dst_node_id, message_type=P.TRAIN)
+        other.metadata.__dict__["_message_id"] = "not-a-message-the-coordinator-sent"
+        return Message(reply.content, reply_to=other)
+    model = reply.content[P.MODEL]
+    metrics = dict(reply.content[P.METRICS])
+    state = model.to_torch_state_dict()
+    body_key = next(k for k in state if k.startswith("body.") and state[k].is_floating_point())
+    tasks = list(dict(msg.content[P.CONFIG])["tasks"])
+    if "t-extra-head" in evil:
+        head = {k: v for k, v in state.items() if k.startswith(f"heads.{tasks[0]}.")}
+        state |= {k.replace(f"heads.{tasks[0]}.", "heads.intruder."): v.clone() for k, v in head.items()}
+    if "t-extra-array" in evil:
+        state["body.backdoor"] = torch.ones(4)
+    if "t-shape" in evil:
+        state[body_key] = torch.zeros(3, 3)
+    if "t-dtype" in evil:
+        state = {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
+    if "t-nan" in evil:
+        state[body_key] = torch.full_like(state[body_key], float("nan"))
+    if "t-huge" in evil:
+        sent = msg.content[P.MODEL].to_torch_state_dict()
+        state = {k: sent[k] + 1e8 * (v - sent[k]) if k.startswith("body.") and v.is_floating_point() else v
+                 for k, v in state.items()}
+    if "t-reordered" in evil:
+        state = dict(reversed(list(state.items())))
+    records: dict = {P.MODEL: ArrayRecord(state), P.METRICS: None}
+    if "t-oversized" in evil:
+        record = ArrayRecord(state)
+        arr = record[body_key]
+        record[body_key] = Array(dtype=arr.dtype, shape=arr.shape, stype=arr.stype, data=arr.data * 100)
+        records[P.MODEL] = record
+    if "t-inflate-examples" in evil:
+        metrics |= {P.task_key(P.EXAMPLES, t): 10**9 for t in tasks}
+    if "t-float-examples" in evil:
+        metrics |= {P.task_key(P.EXAMPLES, t): 100.0 for t in tasks}
+    if "t-negative-seconds" in evil:
+        metrics[P.TRAIN_SECONDS] = -1.0
+    pair = (tasks[0], tasks[-1])
+    if "t-affinity-nan" in evil:
+        metrics[f"lookahead.sum.{pair[0]}.{pair[1]}"] = float("nan")
+        metrics[f"lookahead.count.{pair[0]}.{pair[1]}"] = 1
+    if "t-affinity-counts" in evil:
+        metrics[f"lookahead.sum.{pair[0]}.{pair[1]}"] = 1e6
+        metrics[f"lookahead.count.{pair[0]}.{pair[1]}"] = 10**6
+    if "t-affinity-foreign" in evil:
+        metrics["cosine.sum.ghost_a.ghost_b"] = -1.0
+        metrics["cosine.count.ghost_a.ghost_b"] = 1
+    if "t-affinity-range" in evil:
+        metrics[f"cosine.sum.{pair[0]}.{pair[1]}"] = 50.0
+        metrics[f"cosine.count.{pair[0]}.{pair[1]}"] = 1
+    if "t-many-metrics" in evil:
+        metrics |= {f"junk.{i}": float(i) for i in range(100_000)}
+    records[P.METRICS] = MetricRecord(metrics)
+    if "t-no-model" in evil:
+        del records[P.MODEL]
+    if "t-no-metrics" in evil:
+        del records[P.METRICS]
+    if "t-extra-record" in evil:
+        records["payload"] = ArrayRecord({"x": torch.zeros(1000)})
+    return _rebuild(reply, msg, records)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    evil = _behaviours(context, msg)
+    _maybe_crash(evil)
+    reply = honest.evaluate(msg, context)
+    if not evil:
+        return reply
+    metrics = dict(reply.content[P.METRICS])
+    tasks = [k.partition(".")[2] for k in metrics if k.startswith(P.ACCURACY + ".")]
+    if "e-no-metrics" in evil:
+        return _rebuild(reply, msg, {P.CONFIG: ConfigRecord({"x": 1})})
+    if "e-accuracy" in evil:
+        metrics |= {P.task_key(P.ACCURACY, t): 2.0 for t in tasks}
+    if "e-negative-loss" in evil:
+        metrics |= {P.task_key(P.LOSS, t): -5.0 for t in tasks}
+    if "e-foreign-task" in evil:
+        metrics |= {"accuracy.ghost": 1.0, "loss.ghost": 0.0, "examples.ghost": 10.0}
+    if "e-inflate-examples" in evil:
+        metrics |= {P.task_key(P.EXAMPLES, t): 1e9 for t in tasks}
+    if "e-many-metrics" in evil:
+        metrics |= {f"junk.{i}": float(i) for i in range(100_000)}
+    return _rebuild(reply, msg, {P.METRICS: MetricRecord(metrics)})
+
+
+def honest_twin(behaviour: str) -> bool:
+    """Behaviours whose reply is valid (the coordinator must accept and use it)."""
+    return behaviour == "t-reordered"
+
+
+def app_folder(project: Path, dst: Path, plan: dict[int, dict]) -> Path:
+    """A copy of the Flower app whose ClientApp is this hostile one, with `plan` (partition ->
+    {"hostile": ..., ...}) shipped beside it: for runs through real Flower processes (the
+    simulation engine, or SuperNodes) where node configs cannot carry the behaviours."""
+    dst = Path(dst)
+    for pkg in ("fedmtl", "coordinator", "client", "launch", "strategies", "tasks", "common", "testbed"):
+        shutil.copytree(Path(project) / pkg, dst / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "data"))
+    if (Path(project) / "tasks" / "data").is_dir():
+        shutil.copytree(Path(project) / "tasks" / "data", dst / "tasks" / "data")
+    pyproject = (Path(project) / "pyproject.toml").read_text()
+    pyproject = pyproject.replace('clientapp = "client.app:app"', 'clientapp = "testbed.hostile:app"')
+    assert 'clientapp = "testbed.hostile:app"' in pyproject
+    (dst / "pyproject.toml").write_text(pyproject)
+    (dst / "README.md").write_text("hostile fedmtl app (tests only)\n")
+    plan_text = json.dumps({str(k): v for k, v in plan.items()}, indent=1)
+    (dst / "testbed" / "hostile_plan.py").write_text(f'"""Hostile behaviours by partition (tests only)."""\n\nPLAN = {plan_text}\n')
+    return dst
+

@@ -1,0 +1,111 @@
+"""Hostile clients on the real round loop (in-process grid): every forged reply is refused and
+named, the run completes, and the models are bitwise those of a run without the hostile clients."""
+
+import pytest
+import torch
+
+from coordinator.config import RunConfig
+from coordinator.loop import Coordinator
+from testbed import hostile
+from testbed.inprocess import InProcessGrid
+
+HONEST = 4
+PARTITIONS = 40  # fixed, so honest clients hold the same data in every run
+TRAIN = sorted(b for b in hostile.BEHAVIOURS if b.startswith("t-") and not hostile.honest_twin(b) and b != "t-wrong-reply")
+EVALUATE = sorted(b for b in hostile.BEHAVIOURS if b.startswith("e-"))
+QUERY = sorted(b for b in hostile.BEHAVIOURS if b.startswith("q-") and b != "q-steal-name")
+
+
+def _run(tmp_path, behaviours: list[str], honest: int = HONEST, **overrides):
+    """HONEST honest clients plus one hostile client per behaviour; returns (coordinator, history, grid)."""
+    n = honest + len(behaviours)
+    configs = [{"partition-id": i, "num-partitions": PARTITIONS} for i in range(honest)]
+    configs += [{"partition-id": HONEST + i, "num-partitions": PARTITIONS, "hostile": b, "steal-name": "partition-0"}
+                for i, b in enumerate(behaviours)]
+    cfg = RunConfig.from_dict({"suite": "tiny", "rounds": 2, "min-clients": honest, "out": str(tmp_path), "plots": False,
+                               "affinity-every": 0, "local-steps": 3, "quorum": 0.1, "round-timeout": 300.0} | overrides)
+    grid = InProcessGrid(n, node_configs=configs, client_app=hostile.app)
+    coordinator = Coordinator(grid, cfg, log=lambda line: None)
+    return coordinator, coordinator.run(), grid
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    coordinator, history, _ = _run(tmp_path_factory.mktemp("reference"), [])
+    return {g.gid: g.tensors() for g in coordinator.groups}, history
+
+
+def _same_models(coordinator, reference_models):
+    got = {g.gid: g.tensors() for g in coordinator.groups}
+    assert got.keys() == reference_models.keys()
+    for gid, tensors in got.items():
+        for k, v in tensors.items():
+            assert torch.equal(v, reference_models[gid][k]), (gid, k)
+
+
+def test_forged_train_and_evaluate_replies_are_refused_named_and_change_nothing(tmp_path, reference):
+    # each hostile client forges one kind of train reply and one kind of evaluate reply
+    behaviours = [f"{t},{EVALUATE[i % len(EVALUATE)]}" for i, t in enumerate(TRAIN)]
+    coordinator, history, _ = _run(tmp_path, behaviours)
+    ref_models, ref_history = reference
+    hostile_names = {f"partition-{HONEST + i}" for i in range(len(behaviours))}
+    for r in (1, 2):
+        entry = history.rounds[r]
+        for kind in ("train", "evaluate"):
+            refused = {e["client"] for e in entry["rejected"] if e["kind"] == kind}
+            dropped = {e["client"] for e in entry["dropped"]}
+            assert refused == hostile_names and not dropped, (r, kind, sorted(hostile_names - refused), dropped)
+        for e in entry["rejected"]:
+            assert e["reasons"] and all(isinstance(x, str) and x for x in e["reasons"]), e
+        assert entry["metrics"] == ref_history.rounds[r]["metrics"]
+        assert entry["clients"] == ref_history.rounds[r]["clients"]
+    _same_models(coordinator, ref_models)
+
+
+def test_forged_queries_are_refused_and_named(tmp_path, reference):
+    coordinator, history, _ = _run(tmp_path, QUERY)
+    assert sorted(c.name for c in coordinator.clients.values()) == [f"partition-{i}" for i in range(HONEST)]
+    refused = {e["node"]: e for r in history.rounds for e in r["rejected"] if e["kind"] == "query"}
+    assert len(refused) == len(QUERY) and all(e["reasons"] for e in refused.values())
+    _same_models(coordinator, reference[0])
+    assert all(len(r["clients"]) == HONEST for r in history.rounds[1:])
+
+
+def test_a_newcomer_claiming_a_connected_clients_name_is_refused(tmp_path):
+    cfg = RunConfig.from_dict({"suite": "tiny", "rounds": 3, "min-clients": 2, "out": str(tmp_path), "plots": False,
+                               "affinity-every": 0, "local-steps": 2})
+    grid = InProcessGrid(2, client_app=hostile.app)
+    coordinator = Coordinator(grid, cfg, log=lambda line: None)
+    original = coordinator.run_round
+    thief = {}
+
+    def run_round(r):
+        if r == 2:
+            thief["node"] = grid.add_node({"partition-id": 1, "num-partitions": 2, "hostile": "q-steal-name",
+                                           "steal-name": "partition-0"})
+        return original(r)
+
+    coordinator.run_round = run_round
+    history = coordinator.run()
+    victim = next(n for n, c in coordinator.clients.items() if c.name == "partition-0")
+    assert victim != thief["node"] and victim in grid.contexts
+    refusal = [e for e in history.rounds[2]["rejected"] if e["node"] == thief["node"]]
+    assert refusal and "already used" in refusal[0]["reasons"][0]
+    assert history.rounds[3]["clients"] == ["partition-0", "partition-1"]
+
+
+def test_valid_reply_with_keys_in_another_order_is_fused(tmp_path, reference):
+    """The right keys in another order are a valid reply: it must be used, and fused correctly."""
+    coordinator, history, _ = _run(tmp_path, ["t-reordered"])
+    entry = history.rounds[1]
+    assert not entry["rejected"] and len(entry["clients"]) == HONEST + 1
+    assert all(torch.isfinite(v).all() for g in coordinator.groups for v in g.tensors().values())
+
+
+def test_a_reply_that_answers_no_message_is_not_used(tmp_path):
+    """A reply whose reply-to id matches nothing the coordinator sent is ignored: the client
+    counts as not answering (dropped after the round timeout), and the round goes on."""
+    _, history, _ = _run(tmp_path, ["t-wrong-reply"], honest=2, rounds=1, **{"round-timeout": 15.0, "min-clients": 2})
+    entry = history.rounds[1]
+    assert [e["client"] for e in entry["dropped"]] == [f"partition-{HONEST}"]
+    assert entry["clients"] == ["partition-0", "partition-1"]
