@@ -12,7 +12,8 @@ processes on 127.0.0.1, tiny suite, MAS splitting into 2 groups after round 2. V
              (idle SuperNodes look for messages every 3 s)
     poll     Flower's processes with the polls tuned: task poll 0.05 s, the gateway holds empty
              pulls (`--pull-hold 20`)
-    fedmtl   fedmtl's defaults: the fork server (`--executor fork`) plus the tuned polls
+    fedmtl   fedmtl's defaults: the fork server (`--executor fork`: woken by the SuperNode's log,
+             0.5 s task poll otherwise) and the gateway's pull hold
 
 Per round it reads `history.json` (`seconds`, `compute.train_seconds`) and the clients' own
 per-message timing (`FEDMTL_CLIENT_TIMING`, see client/timing.py), and reports
@@ -72,7 +73,7 @@ FEDMTL = [sys.executable, "-m", "fedmtl.cli"]
 VARIANTS: dict[str, dict[str, Any]] = {
     "flower": {"executor": "flower", "task_poll": 1.0, "pull_hold": 0.0},
     "poll": {"executor": "flower", "task_poll": 0.05, "pull_hold": 20.0},
-    "fedmtl": {"executor": "fork", "task_poll": 0.05, "pull_hold": 20.0},
+    "fedmtl": {"executor": "fork", "task_poll": None, "pull_hold": 20.0},
 }
 
 
@@ -254,7 +255,8 @@ def run_variant(name: str, setup: Setup, rounds: int, timeout: float) -> Variant
                 "client", "--coordinator", f"127.0.0.1:{port}", "--data", setup.data / f"client_{i}",
                 "--key", setup.keys / f"client_{i}" / f"client_{i}.key", "--ca", vroot / "public" / "ca.crt",
                 "--work-dir", work, "--max-wait", 60, "--executor", settings["executor"],
-                "--task-poll", settings["task_poll"]], vroot / f"client_{i}.log",
+                *(["--task-poll", settings["task_poll"]] if settings["task_poll"] is not None else [])],
+                vroot / f"client_{i}.log",
                 env={TIMING_ENV: str(timing_file)}))
         rc = None
         deadline = time.monotonic() + timeout

@@ -15,7 +15,8 @@ tasks, and its prestarted workers (`flwr/supercore/task_worker.py`) are single-u
 SuperNode (`flower-supernode --help`: "a separate independent process gets created outside of
 SuperNode"). This module is such an executor. It imports the heavy third-party modules once
 (`--preload`, default numpy and torch, plus Flower's ClientApp runtime), then polls the Runtime
-API (`AcquireTask`, every `--poll-interval` s) and, for each ClientApp task, `fork()`s a child
+API (`AcquireTask`, every `--poll-interval` s, and at once when the SuperNode's log shows that it
+received a message) and, for each ClientApp task, `fork()`s a child
 that runs Flower's own `run_clientapp` with the task's token, exactly what `flwr-clientapp
 --token` does. So every message still gets a fresh process (Flower's isolation: nothing of one
 message's state, and no app module, survives into the next), the app's code is still imported
@@ -30,7 +31,8 @@ Rules it keeps so that forking is safe:
   children); it checks `torch.cuda.is_initialized()` stays False before every fork.
 * It starts no threads and registers no Flower exit handlers; children reset signal handlers,
   then Flower's runtime registers its own.
-* It exits when the SuperNode (`--parent-pid`) is gone, and reaps its children.
+* It exits when the SuperNode (`--parent-pid`) is gone, or on SIGTERM, and then stops and reaps
+  the tasks still running (each child also exits by itself within 0.2 s if the server dies).
 * If the client pins the app bundles it runs (`FEDMTL_PINNED_APP_HASHES`, checked by a
   `flwr-clientapp` wrapper on PATH), a child execs that `flwr-clientapp` instead of running the
   task in-process: the check is never bypassed (the speed-up is then lost).
@@ -42,10 +44,10 @@ answered "not available" and backs off 1 s, then 2 s, 4 s ... (`PULL_INITIAL_BAC
 `flwr/supercore/inflatable/inflatable_utils.py`). Flower's own executor never notices because
 its ClientApp takes seconds to import; a forked child would start within milliseconds and lose
 3-4 s to that backoff. So with `--supernode-log` (the SuperNode's output file) a child is forked
-only once the SuperNode has logged the end of every reception it started ("Received
-successfully" or "Failed to receive message" for each "Receiving:"), at most
-`--receive-wait` seconds after the task was acquired. If the log never shows these lines (other
-wording), the gate is open and nothing waits.
+only once the SuperNode has logged the end of its latest reception ("Received successfully" or
+"Failed to receive message" after the last "Receiving:"), at most `--receive-wait` seconds after
+the task was acquired (then it starts anyway: the child's own backoff is the fallback). If the
+log never shows these lines (other wording), the gate is open and nothing waits.
 
 With `--superexec-auth-secret-file` (the same file given to `flower-supernode`), its
 `AcquireTask` calls are signed (Flower's SuperExec HMAC auth), so no other local process can
@@ -140,16 +142,22 @@ def _start_time(pid: int) -> str | None:
 
 
 class ReceptionGate:
-    """Counts the SuperNode's receptions begun and ended, from its log (see the module docstring)."""
+    """Whether the SuperNode is still receiving a message, from its log (see the module docstring).
+
+    The SuperNode receives one message at a time (pull, store, then push replies, in one loop),
+    so only the latest "Receiving:" matters: it is over once an end line follows it. A reception
+    that ended without one (Flower logs none on some error paths) is over when the next begins,
+    and `wait` never waits past its timeout, so a missed line costs at most one wait.
+    """
 
     BEGUN = b"Receiving: "
     ENDED = (b"Received successfully", b"Failed to receive message")
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, offset: int = 0) -> None:
         self.path = path
-        self.begun = 0
-        self.ended = 0
-        self._offset = 0
+        self.receiving = False
+        self.received = 0  # receptions ended so far (each may have created a task)
+        self._offset = offset  # where this SuperNode's output starts (the log is appended to per start)
         self._rest = b""
 
     def scan(self) -> None:
@@ -158,24 +166,49 @@ class ReceptionGate:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._offset)
-                data = f.read()
+                while data := f.read(1 << 20):
+                    self._offset += len(data)
+                    self._feed(data)
         except OSError:
             return
-        self._offset += len(data)
+
+    def _feed(self, data: bytes) -> None:
         *lines, self._rest = (self._rest + data).split(b"\n")
+        if len(self._rest) > 1 << 16:  # a runaway line without newline: it is no status line
+            self._rest = b""
         for line in lines:
             if self.BEGUN in line:
-                self.begun += 1
+                self.receiving = True
             elif any(end in line for end in self.ENDED):
-                self.ended += 1
+                self.receiving = False
+                self.received += 1
+
+    def wait_for_news(self, timeout: float) -> None:
+        """Sleep up to `timeout` seconds, less if the SuperNode ends a reception meanwhile (a new
+        task may be there): so the task poll can be slow and a message still starts at once."""
+        if not self.path:
+            time.sleep(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        before = self.received
+        while True:
+            self.scan()
+            left = deadline - time.monotonic()
+            if self.received != before or left <= 0:
+                return
+            time.sleep(min(0.01, left))
 
     def wait(self, timeout: float) -> float:
-        """Wait until every reception the SuperNode began has ended; the seconds waited."""
+        """Wait until the SuperNode's current reception (if any) has ended, at most `timeout`
+        seconds; the seconds waited."""
         started = time.monotonic()
         self.scan()
-        while self.ended < self.begun and time.monotonic() - started < timeout:
+        while self.receiving and time.monotonic() - started < timeout:
             time.sleep(0.005)
             self.scan()
+        if self.receiving:
+            _log(f"the SuperNode's log shows no end of its last reception after {timeout:g}s: starting the task anyway")
+            self.receiving = False  # never wait on the same line twice
         return time.monotonic() - started
 
 
@@ -183,9 +216,11 @@ class ForkServer:
     """Acquire ClientApp tasks from a SuperNode's Runtime API and run each in a forked child."""
 
     def __init__(self, runtime_api_address: str, parent_pid: int | None, poll_interval: float,
-                 secret: bytes | None, supernode_log: str | None = None, receive_wait: float = 30.0) -> None:
+                 secret: bytes | None, supernode_log: str | None = None, receive_wait: float = 30.0,
+                 log_offset: int = 0) -> None:
+        import httpx
         from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
-        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.retry.retry_invoker import RetryInvoker
         from flwr.supercore.runtime import RuntimeHttpClient
 
         self.address = runtime_api_address
@@ -197,10 +232,14 @@ class ForkServer:
                 master_secret=secret, protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"})))
         self.client = RuntimeHttpClient.from_server_address(
             server_address=runtime_api_address, insecure=True, root_certificates=None,
-            interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+            interceptors=interceptors,
+            # One try per call: Flower's own invoker retries for ever (a SuperNode that is gone
+            # would keep this loop from ever noticing) and SIGINTs the process on a 401.
+            retry_invoker=RetryInvoker(wait_gen_factory=lambda: iter(()), recoverable_exceptions=(httpx.HTTPError,),
+                                       max_tries=1, max_time=None, jitter=None))
         self.children: set[int] = set()
         self.launched = 0
-        self.gate = ReceptionGate(supernode_log)
+        self.gate = ReceptionGate(supernode_log, log_offset)
         self.receive_wait = receive_wait
         self._parent_start = _start_time(parent_pid) if parent_pid is not None else None
 
@@ -219,6 +258,24 @@ class ForkServer:
                 done = pid
             if done:
                 self.children.discard(pid)
+
+    def shutdown(self, grace_s: float = 3.0) -> None:
+        """Stop the tasks still running (SIGTERM: Flower's runtime reports them as stopped), wait
+        up to `grace_s`, then SIGKILL what is left and reap it: no child outlives the server."""
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
+        self.reap()
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 1.0)):
+            for pid in self.children:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            while self.children and time.monotonic() < deadline:
+                time.sleep(0.05)
+                self.reap()
+            if not self.children:
+                return
 
     def acquire(self) -> str | None:
         """The token of one pending ClientApp task, or None."""
@@ -251,6 +308,11 @@ class ForkServer:
                 token = self.acquire()
                 errors = 0
             except Exception as exc:  # noqa: BLE001 - the SuperNode restarting, or not up yet
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                if status in (401, 403):  # never gets better: say so and let fedmtl client decide
+                    _log(f"AcquireTask refused (HTTP {status}): the SuperNode does not accept this fork server's "
+                         "--superexec-auth-secret-file; exiting")
+                    return 3
                 errors += 1
                 if errors in (1, 10) or errors % 100 == 0:
                     _log(f"AcquireTask failed ({errors}x): {type(exc).__name__}: {exc}")
@@ -260,7 +322,7 @@ class ForkServer:
                 self.gate.wait(self.receive_wait)  # the message's objects are on this node now
                 self.launch(token)
                 continue  # another task may be waiting already
-            time.sleep(self.poll_interval)
+            self.gate.wait_for_news(self.poll_interval)
         _log("the SuperNode is gone: exiting")
         return 0
 
@@ -271,13 +333,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API (HOST:PORT, loopback)")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process (the SuperNode) is gone")
-    p.add_argument("--poll-interval", type=float, default=0.05, help="seconds between AcquireTask polls")
+    p.add_argument("--poll-interval", type=float, default=0.5,
+                   help="seconds between AcquireTask polls (with --supernode-log, a reception ends a wait early)")
     p.add_argument("--preload", default=",".join(DEFAULT_PRELOAD),
                    help=f"comma-separated modules to import once before forking (default {','.join(DEFAULT_PRELOAD)})")
     p.add_argument("--superexec-auth-secret-file", default=None,
                    help="the SuperNode's --superexec-auth-secret-file (signs AcquireTask)")
     p.add_argument("--supernode-log", default=None,
                    help="the SuperNode's output file: fork a task only once its message has been received")
+    p.add_argument("--supernode-log-offset", type=int, default=0,
+                   help="where this SuperNode's output starts in that file (earlier runs' lines are ignored)")
     p.add_argument("--receive-wait", type=float, default=30.0,
                    help="wait at most this many seconds for that (default 30)")
     args = p.parse_args(argv)
@@ -295,13 +360,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _log(f"preloaded {args.preload or 'nothing'} and Flower's ClientApp runtime in {seconds:.2f}s; "
          f"polling {args.runtime_api_address} every {args.poll_interval:g}s")
     server = ForkServer(args.runtime_api_address, args.parent_pid, args.poll_interval, secret,
-                        args.supernode_log, args.receive_wait)
+                        args.supernode_log, args.receive_wait, args.supernode_log_offset)
     try:
         return server.serve()
     except KeyboardInterrupt:
         return 130
     finally:
-        server.reap()
+        server.shutdown()
 
 
 if __name__ == "__main__":

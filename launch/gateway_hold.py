@@ -68,7 +68,7 @@ DEFAULT_PULL_HOLD_S = 20.0
 DEFAULT_PULL_POLL_S = 0.2
 DEFAULT_OBJECT_POLL_S = 0.02
 
-#: The SuperLink's last answer: status, raw headers and raw (undecoded) body, relayed as they are.
+#: The SuperLink's last answer: status, headers (without content-encoding/-length) and decoded body.
 HeldAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
@@ -156,13 +156,11 @@ class PullHolder:
 
 
 async def _send(client: httpx.AsyncClient, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> HeldAnswer:
-    """One request to the SuperLink; its answer with the body exactly as sent (not decoded)."""
-    resp = await client.send(client.build_request("POST", path, headers=headers, content=body), stream=True)
-    try:
-        raw = b"".join([chunk async for chunk in resp.aiter_raw()])
-    finally:
-        await resp.aclose()
-    return resp.status_code, list(resp.headers.raw), raw
+    """One request to the SuperLink; its answer decoded (an encoded answer is relayed decoded:
+    `content-encoding` and `content-length` are dropped here, the relay sets the length)."""
+    resp = await client.send(client.build_request("POST", path, headers=headers, content=body))
+    out = [(k, v) for k, v in resp.headers.raw if k.lower() not in (b"content-encoding", b"content-length")]
+    return resp.status_code, out, resp.content
 
 
 def _pull_node_id(body: bytes) -> int | None:

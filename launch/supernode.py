@@ -53,6 +53,11 @@ __all__ = [
 EXECUTORS = ("fork", "flower")
 #: The fork server's script (run by path: it must not import fedmtl's packages, see its docstring).
 FORKSERVER = Path(__file__).resolve().with_name("clientapp_forkserver.py")
+#: How often a dead fork server is replaced (`SuperNodeProcess.revive_executor`) before the
+#: client gives up: a fork server that keeps dying has a cause a restart does not fix.
+MAX_EXECUTOR_RESTARTS = 3
+#: The fork server's task poll (seconds) unless set: it is woken at once by the SuperNode's log.
+FORK_TASK_POLL_S = 0.5
 #: Flower's SuperExec task poll interval (seconds; Flower's default is 1.0).
 TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 
@@ -171,7 +176,9 @@ class SuperNodeConfig:
     `executor="fork"` runs ClientApps through `launch/clientapp_forkserver.py` (modules in
     `preload` imported once; its Runtime API calls signed with a per-client secret);
     `executor="flower"` through Flower's own SuperExec. `task_poll_s` is how often either polls
-    the SuperNode for a new ClientApp task (None: Flower's default, 1 s, for Flower's SuperExec).
+    the SuperNode for a new ClientApp task; None: the executor's default (the fork server:
+    `FORK_TASK_POLL_S`, as it also asks at once when the SuperNode's log shows a message received;
+    Flower's SuperExec: its own 1 s).
     """
 
     superlink: str
@@ -190,7 +197,7 @@ class SuperNodeConfig:
     extra_args: Sequence[str] = ()
     executor: str = "fork"
     preload: Sequence[str] = ("numpy", "torch", "torch.optim", "torch._dynamo")
-    task_poll_s: float | None = 0.05
+    task_poll_s: float | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -221,6 +228,8 @@ class SuperNodeProcess:
         self.log_path = config.work_dir / "supernode.log"
         self.node_config_path = config.work_dir / "node-config.toml"
         self.secret_path = config.work_dir / "superexec.secret"
+        self.executor_restarts = 0
+        self._log_offset = 0
         self._reaper: subprocess.Popen[bytes] | None = None
 
     @property
@@ -252,19 +261,20 @@ class SuperNodeProcess:
             out[ALLOW_SUITES_KEY] = encode_allowed(cfg.allow_suites)
         return out
 
-    def executor_command(self, supernode_pid: int) -> list[str]:
-        """The fork server's command line (executor="fork")."""
+    def executor_command(self, supernode_pid: int, log_offset: int = 0) -> list[str]:
+        """The fork server's command line (executor="fork"); `log_offset`: where this SuperNode's
+        output starts in its log file."""
         cfg = self.config
         cmd = [sys.executable, str(FORKSERVER), "--runtime-api-address", f"127.0.0.1:{self.port}",
                "--parent-pid", str(supernode_pid), "--preload", ",".join(cfg.preload),
-               "--superexec-auth-secret-file", str(self.secret_path), "--supernode-log", str(self.log_path)]
-        if cfg.task_poll_s is not None:
-            cmd += ["--poll-interval", f"{cfg.task_poll_s:g}"]
+               "--superexec-auth-secret-file", str(self.secret_path), "--supernode-log", str(self.log_path),
+               "--supernode-log-offset", str(log_offset)]
+        cmd += ["--poll-interval", f"{FORK_TASK_POLL_S if cfg.task_poll_s is None else cfg.task_poll_s:g}"]
         return cmd
 
     def env(self) -> dict[str, str]:
         extra = {"FLWR_HOME": str(self.flwr_home), ENV_TAG: self.tag}
-        if self.config.task_poll_s is not None:
+        if self.config.task_poll_s is not None and self.config.executor == "flower":
             extra[TASK_POLL_ENV] = f"{self.config.task_poll_s:g}"
         env = child_env({**extra, **self.config.env})
         for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
@@ -294,18 +304,43 @@ class SuperNodeProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
             log.flush()
+            self._log_offset = log.tell()
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=env, cwd=str(cfg.work_dir),
                                          start_new_session=True)
-            self._reaper = spawn_reaper(self.tag)  # kills the SuperNode if we are SIGKILLed
-            if cfg.executor == "fork":
-                cmd = self.executor_command(self.proc.pid)
-                log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
-                log.flush()
-                self.executor_proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
-                                                      stderr=subprocess.STDOUT, env=env, cwd=str(cfg.work_dir),
-                                                      start_new_session=True)
+        self._reaper = spawn_reaper(self.tag)  # kills the SuperNode if we are SIGKILLed
+        if cfg.executor == "fork":
+            self._start_executor(env)
         return self
+
+    def _start_executor(self, env: dict[str, str] | None = None) -> None:
+        assert self.proc is not None
+        cmd = self.executor_command(self.proc.pid, self._log_offset)
+        with open(self.log_path, "ab") as log:
+            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+            log.flush()
+            self.executor_proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                                  stderr=subprocess.STDOUT, env=env or self.env(),
+                                                  cwd=str(self.config.work_dir), start_new_session=True)
+
+    def revive_executor(self) -> str | None:
+        """If the fork server died while its SuperNode still runs, start a new one (at most
+        `MAX_EXECUTOR_RESTARTS` times per SuperNode start) and say so; else None. Tasks it was
+        running fail (each child watches it and reports a failed task, so the coordinator gets
+        an error reply instead of waiting); tasks not started yet wait in the SuperNode and the
+        new fork server runs them."""
+        ex = self.executor_proc
+        if self.config.executor != "fork" or ex is None or ex.poll() is None:
+            return None
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        if self.executor_restarts >= MAX_EXECUTOR_RESTARTS:
+            return None
+        self.executor_restarts += 1
+        status = ex.returncode
+        self._start_executor()
+        return (f"the ClientApp fork server exited (status {status}); started a new one "
+                f"({self.executor_restarts} of at most {MAX_EXECUTOR_RESTARTS} restarts)")
 
     def is_running(self) -> bool:
         """The SuperNode and (executor="fork") its fork server are alive: without the fork server
@@ -320,7 +355,9 @@ class SuperNodeProcess:
         if self.proc is not None and self.proc.poll() is not None:
             parts.append(f"the SuperNode exited (status {self.proc.returncode})")
         if self.executor_proc is not None and self.executor_proc.poll() is not None:
-            parts.append(f"the ClientApp fork server exited (status {self.executor_proc.returncode})")
+            restarts = f" after {self.executor_restarts} restart(s)" if self.executor_restarts else ""
+            parts.append(f"the ClientApp fork server exited (status {self.executor_proc.returncode}){restarts}; "
+                         "its last lines are in the log below (or run with --executor flower)")
         return "; ".join(parts) or "the SuperNode stopped"
 
     def stop(self, grace_s: float = 5.0) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from client.timing import TIMING_ENV, timing_mod
 from launch import clientapp_forkserver as fs
 from launch.gateway import GatewayConfig, gateway_command
 from launch.gateway_hold import OBJECT_ROUTE, PULL_ROUTE, PullHolder
-from launch.supernode import FORKSERVER, TASK_POLL_ENV, SuperNodeConfig, SuperNodeProcess
+from launch.supernode import FORKSERVER, MAX_EXECUTOR_RESTARTS, TASK_POLL_ENV, SuperNodeConfig, SuperNodeProcess
 from tasks.suite import TaskData, TaskSpec
 
 
@@ -45,30 +46,18 @@ EMPTY = PullMessagesResponse().SerializeToString()
 FULL = PullMessagesResponse(messages_list=[ProtoMessage()]).SerializeToString()
 
 
-class _Asgi:
-    """An ASGI receive/send pair: the request body was read; `disconnect()` ends the connection."""
+class _Conn:
+    """The SuperNode's side of one held request: its body was read; `disconnect()` closes it."""
 
     def __init__(self) -> None:
-        self.sent: list[dict] = []
         self._gone = asyncio.Event()
 
     async def receive(self) -> dict:
         await self._gone.wait()
         return {"type": "http.disconnect"}
 
-    async def send(self, msg: dict) -> None:
-        self.sent.append(msg)
-
     def disconnect(self) -> None:
         self._gone.set()
-
-    @property
-    def status(self) -> int | None:
-        return next((m["status"] for m in self.sent if m["type"] == "http.response.start"), None)
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
 
 
 def _client(answers: list[tuple[int, bytes]], calls: list[float]) -> httpx.AsyncClient:
@@ -86,102 +75,79 @@ def _client(answers: list[tuple[int, bytes]], calls: list[float]) -> httpx.Async
 HEADERS = [(b"x-signed", b"yes")]
 
 
-def test_empty_pull_is_held_until_a_message_arrives() -> None:
-    async def go() -> tuple[_Asgi, list[float], PullHolder, float]:
+def _pull(holder: PullHolder, answers: list[tuple[int, bytes]], route: str = PULL_ROUTE,
+          body: bytes | None = None) -> tuple[tuple | None, list[float], float]:
+    async def go() -> tuple[tuple | None, list[float], float]:
         calls: list[float] = []
-        holder = PullHolder(hold_s=5.0, poll_s=0.05)
-        asgi = _Asgi()
         t0 = time.monotonic()
-        async with _client([(200, EMPTY), (200, EMPTY), (200, EMPTY), (200, FULL)], calls) as client:
-            assert await holder.forward(client, PULL_ROUTE, HEADERS, _pull_body(7), asgi.receive, asgi.send)
-        return asgi, calls, holder, time.monotonic() - t0
+        async with _client(answers, calls) as client:
+            answer = await holder.pull(client, route, HEADERS, _pull_body(7) if body is None else body,
+                                       _Conn().receive, "10.0.0.1")
+        return answer, calls, time.monotonic() - t0
 
-    asgi, calls, holder, took = asyncio.run(go())
-    assert len(calls) == 4 and asgi.status == 200 and asgi.body == FULL
+    return asyncio.run(go())
+
+
+def test_empty_pull_is_held_until_a_message_arrives_and_refusals_pass_at_once() -> None:
+    holder = PullHolder(hold_s=5.0, poll_s=0.05)
+    answer, calls, took = _pull(holder, [(200, EMPTY), (200, EMPTY), (200, EMPTY), (200, FULL)])
+    assert answer is not None and answer[0] == 200 and answer[2] == FULL and len(calls) == 4
     assert holder.held == 1 and took < 2.0
     assert all(b - a >= 0.04 for a, b in zip(calls, calls[1:]))  # polled at poll_s, not in a busy loop
-
-
-def test_refused_or_full_answers_are_relayed_at_once() -> None:
-    async def go(answer: tuple[int, bytes]) -> tuple[_Asgi, list[float], PullHolder]:
-        calls: list[float] = []
+    for status, body in ((401, b'{"detail": "Invalid SuperNode authentication"}'), (200, FULL)):
         holder = PullHolder(hold_s=5.0, poll_s=0.05)
-        asgi = _Asgi()
-        async with _client([answer], calls) as client:
-            await holder.forward(client, PULL_ROUTE, HEADERS, _pull_body(7), asgi.receive, asgi.send)
-        return asgi, calls, holder
-
-    for answer in ((401, b'{"detail": "Invalid SuperNode authentication"}'), (200, FULL)):
-        asgi, calls, holder = asyncio.run(go(answer))
-        assert len(calls) == 1 and asgi.status == answer[0] and asgi.body == answer[1]
+        answer, calls, _ = _pull(holder, [(status, body)])
+        assert len(calls) == 1 and answer is not None and answer[:1] == (status,) and answer[2] == body
         assert holder.held == 0 and not holder._holds  # a refused pull never holds nor ends a hold
+    answer, calls, took = _pull(PullHolder(hold_s=0.4, poll_s=0.1), [(200, EMPTY)])  # the hold ends: "no message"
+    assert answer is not None and answer[2] == EMPTY and 0.35 < took < 1.5 and 3 <= len(calls) <= 6
 
 
-def test_hold_ends_with_no_message_after_hold_s() -> None:
-    async def go() -> tuple[_Asgi, list[float], float]:
-        calls: list[float] = []
-        asgi = _Asgi()
-        t0 = time.monotonic()
-        async with _client([(200, EMPTY)], calls) as client:
-            await PullHolder(hold_s=0.4, poll_s=0.1).forward(client, PULL_ROUTE, HEADERS, _pull_body(1),
-                                                             asgi.receive, asgi.send)
-        return asgi, calls, time.monotonic() - t0
-
-    asgi, calls, took = asyncio.run(go())
-    assert asgi.status == 200 and asgi.body == EMPTY and 0.35 < took < 1.5 and 3 <= len(calls) <= 6
+def test_held_pulls_are_bounded_and_holding_can_be_off() -> None:
+    for holder in (PullHolder(hold_s=0), PullHolder(hold_s=5.0, max_held=0), PullHolder(hold_s=5.0, max_held_per_peer=0)):
+        answer, calls, _ = _pull(holder, [(200, EMPTY)])
+        assert len(calls) == 1 and answer is not None and answer[2] == EMPTY  # forwarded once, as without holding
+    assert not PullHolder(hold_s=0).enabled
 
 
 def test_a_client_that_goes_away_takes_no_message() -> None:
-    async def go() -> tuple[_Asgi, list[float]]:
+    async def go() -> tuple[tuple | None, list[float]]:
         calls: list[float] = []
-        asgi = _Asgi()
+        conn = _Conn()
+        holder = PullHolder(hold_s=5.0, poll_s=0.05)
         async with _client([(200, EMPTY)], calls) as client:
-            task = asyncio.ensure_future(PullHolder(hold_s=5.0, poll_s=0.05).forward(
-                client, PULL_ROUTE, HEADERS, _pull_body(1), asgi.receive, asgi.send))
+            task = asyncio.ensure_future(holder.pull(client, PULL_ROUTE, HEADERS, _pull_body(1), conn.receive))
             await asyncio.sleep(0.2)
-            asgi.disconnect()
-            await asyncio.wait_for(task, 2.0)
+            conn.disconnect()
+            answer = await asyncio.wait_for(task, 2.0)
             n = len(calls)
             await asyncio.sleep(0.2)
             assert len(calls) == n  # no pull after the disconnect
-        return asgi, calls
+        assert not holder._active and holder._active_total == 0  # its slot is free again
+        return answer, calls
 
-    asgi, calls = asyncio.run(go())
-    assert asgi.sent == [] and len(calls) >= 2
+    answer, calls = asyncio.run(go())
+    assert answer is None and len(calls) >= 2
 
 
 def test_a_newer_pull_of_the_same_node_ends_the_older_hold() -> None:
-    async def go() -> tuple[_Asgi, _Asgi, float]:
+    async def go() -> tuple[tuple | None, float]:
         calls: list[float] = []
         holder = PullHolder(hold_s=5.0, poll_s=0.05)
-        old, new = _Asgi(), _Asgi()
+        old, new = _Conn(), _Conn()
         async with _client([(200, EMPTY)], calls) as client:
-            first = asyncio.ensure_future(holder.forward(client, PULL_ROUTE, HEADERS, _pull_body(3), old.receive,
-                                                         old.send))
+            first = asyncio.ensure_future(holder.pull(client, PULL_ROUTE, HEADERS, _pull_body(3), old.receive))
             await asyncio.sleep(0.2)
             t0 = time.monotonic()
-            second = asyncio.ensure_future(holder.forward(client, PULL_ROUTE, HEADERS, _pull_body(3), new.receive,
-                                                          new.send))
-            await asyncio.wait_for(first, 2.0)
+            second = asyncio.ensure_future(holder.pull(client, PULL_ROUTE, HEADERS, _pull_body(3), new.receive))
+            answer = await asyncio.wait_for(first, 2.0)
             ended = time.monotonic() - t0
             new.disconnect()
             await asyncio.wait_for(second, 2.0)
-        return old, new, ended
+        return answer, ended
 
-    old, _new, ended = asyncio.run(go())
-    assert old.status == 200 and old.body == EMPTY and ended < 1.0
-
-
-def test_holding_off_or_an_unreadable_body_forwards_normally() -> None:
-    async def go() -> tuple[bool, bool]:
-        calls: list[float] = []
-        async with _client([(200, EMPTY)], calls) as client:
-            off = await PullHolder(hold_s=0).forward(client, PULL_ROUTE, HEADERS, _pull_body(1), None, None)
-            junk = await PullHolder().forward(client, PULL_ROUTE, HEADERS, b"\xff\xff not protobuf", None, None)
-        assert not calls
-        return off, junk
-
-    assert asyncio.run(go()) == (False, False)
+    answer, ended = asyncio.run(go())
+    assert answer is not None and answer[2] == EMPTY and ended < 1.0
 
 
 def test_an_object_not_uploaded_yet_is_held_until_it_is() -> None:
@@ -189,19 +155,12 @@ def test_an_object_not_uploaded_yet_is_held_until_it_is() -> None:
     pending = PullObjectResponse(object_found=True, object_available=False).SerializeToString()
     ready = PullObjectResponse(object_found=True, object_available=True, object_content=b"weights").SerializeToString()
     missing = PullObjectResponse(object_found=False, object_available=False).SerializeToString()
-
-    async def go(answers: list[tuple[int, bytes]]) -> tuple[_Asgi, list[float], PullHolder]:
-        calls: list[float] = []
-        holder = PullHolder(hold_s=5.0, object_poll_s=0.01)
-        asgi = _Asgi()
-        async with _client(answers, calls) as client:
-            assert await holder.forward(client, OBJECT_ROUTE, HEADERS, body, asgi.receive, asgi.send)
-        return asgi, calls, holder
-
-    asgi, calls, holder = asyncio.run(go([(200, pending), (200, pending), (200, ready)]))
-    assert len(calls) == 3 and asgi.body == ready and holder.held_objects == 1 and holder.held == 0
-    asgi, calls, _ = asyncio.run(go([(200, missing)]))  # an unknown object is Flower's error: relayed at once
-    assert len(calls) == 1 and asgi.body == missing
+    holder = PullHolder(hold_s=5.0, object_poll_s=0.01)
+    answer, calls, _ = _pull(holder, [(200, pending), (200, pending), (200, ready)], OBJECT_ROUTE, body)
+    assert len(calls) == 3 and answer is not None and answer[2] == ready
+    assert holder.held_objects == 1 and holder.held == 0
+    answer, calls, _ = _pull(holder, [(200, missing)], OBJECT_ROUTE, body)  # unknown: Flower's error, relayed at once
+    assert len(calls) == 1 and answer is not None and answer[2] == missing
 
 
 def test_gateway_config_and_command_carry_the_hold() -> None:
@@ -226,12 +185,14 @@ def test_fork_executor_runs_the_supernode_in_process_isolation(tmp_path: Path) -
     cmd = node.command()
     assert cmd[cmd.index("--isolation") + 1] == "process"
     assert cmd[cmd.index("--superexec-auth-secret-file") + 1] == str(node.secret_path)
-    fork = node.executor_command(supernode_pid=4242)
+    fork = node.executor_command(supernode_pid=4242, log_offset=77)
     assert fork[:2] == [sys.executable, str(FORKSERVER)]
     assert fork[fork.index("--runtime-api-address") + 1] == "127.0.0.1:9555"
     assert fork[fork.index("--parent-pid") + 1] == "4242" and fork[fork.index("--preload") + 1] == ",".join(fs.DEFAULT_PRELOAD)
     assert fork[fork.index("--superexec-auth-secret-file") + 1] == str(node.secret_path)
-    assert fork[fork.index("--poll-interval") + 1] == "0.05"
+    assert fork[fork.index("--supernode-log") + 1] == str(node.log_path)
+    assert fork[fork.index("--supernode-log-offset") + 1] == "77"
+    assert fork[fork.index("--poll-interval") + 1] == "0.5" and TASK_POLL_ENV not in node.env()  # woken by the log
 
 
 def test_flower_executor_keeps_flowers_superexec_with_a_short_poll(tmp_path: Path) -> None:
@@ -259,7 +220,7 @@ def test_fork_server_never_preloads_app_code() -> None:
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_fork_server_notices_its_supernode_is_gone(tmp_path: Path) -> None:
+def test_fork_server_notices_its_supernode_is_gone_and_stops_its_tasks(tmp_path: Path) -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     server = fs.ForkServer.__new__(fs.ForkServer)
@@ -267,6 +228,52 @@ def test_fork_server_notices_its_supernode_is_gone(tmp_path: Path) -> None:
     assert not server.parent_alive()
     server.parent_pid, server._parent_start = os.getpid(), fs._start_time(os.getpid())
     assert server.parent_alive()
+    # on exit it stops the tasks still running: one that ends on SIGTERM, one that ignores it
+    server.children, tasks = set(), []
+    for ignore in (False, True):
+        ready = tmp_path / f"ready{int(ignore)}"
+        task = subprocess.Popen([sys.executable, "-c", "import pathlib, signal, sys, time\n"
+                                 + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore else "")
+                                 + f"pathlib.Path({str(ready)!r}).touch()\ntime.sleep(60)"])
+        server.children.add(task.pid)
+        tasks.append(task.pid)
+        while not ready.exists():
+            time.sleep(0.02)
+    previous = signal.getsignal(signal.SIGTERM)
+    t0 = time.monotonic()
+    try:
+        server.shutdown(grace_s=0.5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not server.children and time.monotonic() - t0 < 3
+    for pid in tasks:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped, not a zombie
+
+
+def test_a_dead_fork_server_is_replaced_a_few_times_then_the_client_gives_up(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    node = _node(tmp_path)
+    monkeypatch.setattr(node, "executor_command", lambda *a: [sys.executable, "-c", "import sys; sys.exit(7)"])
+    node.config.work_dir.mkdir(parents=True)
+    node.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands in for the SuperNode
+    try:
+        node._start_executor()
+        said = []
+        for _ in range(MAX_EXECUTOR_RESTARTS + 1):
+            node.executor_proc.wait(timeout=30)
+            line = node.revive_executor()
+            if line is None:
+                break
+            said.append(line)
+        assert len(said) == MAX_EXECUTOR_RESTARTS and "status 7" in said[0] and "started a new one" in said[0]
+        node.executor_proc.wait(timeout=30)
+        assert node.revive_executor() is None and not node.is_running()
+        assert "fork server exited (status 7) after 3 restart(s)" in node.exit_description()
+        assert node.proc.poll() is None  # the SuperNode itself was left alone until stop()
+    finally:
+        node.proc.kill()
+        node.proc.wait()
 
 
 # --------------------------------------------------------------------------- data folder fingerprint
@@ -306,11 +313,11 @@ def test_clientapp_processes_trust_only_the_folder_fedmtl_client_validated(tmp_p
     assert client_data.validated_fingerprint(str(tmp_path)) == ""  # another folder
     assert client_data.validated_env(d, "stale") == {}  # changed while validating: nothing trusted
     # within one process the folder is cached under its content: a changed folder is read again
-    first = client_data.local_tasks({"data-dir": str(d)}, "", 0, "")["t"]
-    assert client_data.local_tasks({"data-dir": str(d)}, "", 0, "")["t"] is first
+    first = client_data._folder(str(d))[1]["t"]
+    assert client_data._folder(str(d))[1]["t"] is first
     time.sleep(0.01)
     np.savez_compressed(d / "t" / "train.npz", x=np.zeros((6, 1, 4, 4), np.float32), y=np.zeros(6, np.int64))
-    again = client_data.local_tasks({"data-dir": str(d)}, "", 0, "")["t"]
+    again = client_data._folder(str(d))[1]["t"]
     assert again is not first and float(again.x_train.sum()) == 0.0
 
 
@@ -345,14 +352,34 @@ def test_fork_server_waits_until_the_supernode_has_received_the_message(tmp_path
                     b"INFO : Receiving: train message (ID: 2)\n")
     gate = fs.ReceptionGate(str(log))
     t0 = time.monotonic()
-    assert gate.wait(0.2) >= 0.2 and gate.begun == 2 and gate.ended == 1  # still downloading: waited it out
+    gate.scan()
+    assert gate.receiving  # the train message is still being downloaded
     with open(log, "ab") as f:
         f.write(b"INFO : Received succ")  # a line being written does not count yet
     gate.scan()
-    assert gate.ended == 1
+    assert gate.receiving
     with open(log, "ab") as f:
         f.write(b"essfully\n")
-    assert gate.wait(5.0) < 0.5 and gate.ended == 2
+    assert gate.wait(5.0) < 0.5 and not gate.receiving
+    # a reception whose end was never logged costs one wait at most, and the next one resets it
+    with open(log, "ab") as f:
+        f.write(b"INFO : Receiving: evaluate message (ID: 3)\n")
+    assert gate.wait(0.2) >= 0.2 and not gate.receiving and gate.wait(5.0) < 0.1
+    with open(log, "ab") as f:
+        f.write(b"INFO : Receiving: train message (ID: 4)\n")
+    gate.scan()
+    assert gate.receiving
     assert time.monotonic() - t0 < 3
+    # the task poll wakes up as soon as a reception ends, else sleeps its full interval
+    t1 = time.monotonic()
+    gate.wait_for_news(0.3)
+    assert time.monotonic() - t1 >= 0.3
+    with open(log, "ab") as f:
+        f.write(b"INFO : Received successfully\n")
+    t1 = time.monotonic()
+    gate.wait_for_news(5.0)
+    assert time.monotonic() - t1 < 0.5
+    # lines of an earlier start of the SuperNode (before the offset) are ignored
+    assert not fs.ReceptionGate(str(log), offset=log.stat().st_size).receiving
     assert fs.ReceptionGate(None).wait(5.0) < 0.1  # no log: nothing waits
     assert fs.ReceptionGate(str(tmp_path / "other-wording.log")).wait(5.0) < 0.1

@@ -64,9 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how ClientApps run: 'fork' (default) forks each message's process from one that imported "
                         "torch once; 'flower' uses Flower's SuperExec, a fresh process importing everything per "
                         "message (3-5 s more per message)")
-    p.add_argument("--task-poll", type=float, default=0.05, metavar="S",
-                   help="how often the executor asks the SuperNode for a new message to run (default 0.05 s; "
-                        "Flower's own default is 1 s)")
+    p.add_argument("--task-poll", type=float, default=None, metavar="S",
+                   help="how often the executor asks the SuperNode for a new message to run (default: 0.5 s for "
+                        "'fork', which also asks as soon as the SuperNode has received a message; 0.05 s for "
+                        "'flower', whose own default is 1 s)")
     p.add_argument("--allow-suite", action="append", default=[], metavar="SPEC",
                    help="also run this suite when a run config names it ('module:function' or "
                         "'file.py:function'; repeatable). Without it only built-in suites and suites "
@@ -227,6 +228,13 @@ def _app_hashes(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _task_poll(args: argparse.Namespace) -> float | None:
+    """--task-poll, or the executor's default: the fork server's own, 0.05 s for Flower's SuperExec."""
+    if args.task_poll is not None or args.executor == "fork":
+        return args.task_poll
+    return 0.05
+
+
 def run(args: argparse.Namespace) -> int:
     if args.print_app_hash:
         print(installed_app_hash())
@@ -259,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         superlink=args.coordinator, data_dir=args.data, name=name, work_dir=work_dir,
         private_key=None if args.insecure else args.key, root_certificates=args.ca, insecure=args.insecure,
         max_wait_s=args.max_wait, runtime_port=args.runtime_port, executor=args.executor,
-        task_poll_s=args.task_poll, env=validated_env(args.data, fingerprint), allow_suites=tuple(args.allow_suite),
+        task_poll_s=_task_poll(args), env=validated_env(args.data, fingerprint), allow_suites=tuple(args.allow_suite),
         trusted_entities=args.trusted_entities, app_hashes=tuple(app_hashes),
     ))
     restore_signals = install_stop_handlers()  # SIGTERM and SIGINT stop the client like Ctrl-C
@@ -285,9 +293,14 @@ def _watch(node: SuperNodeProcess, follower: LogFollower, args: argparse.Namespa
     recent: list[str] = []
     key = str(args.key) if args.key else None
     t0 = time.monotonic()
+    checked = t0
     while True:
         line = follower.get(timeout=0.5)
-        if line is None:
+        if line is None or time.monotonic() - checked > 2.0:
+            checked = time.monotonic()
+            revived = node.revive_executor()
+            if revived is not None:
+                _say(f"fedmtl client: {revived}")
             if not node.is_running():
                 lines = follower.drain()
                 for ln in lines:
@@ -296,7 +309,8 @@ def _watch(node: SuperNodeProcess, follower: LogFollower, args: argparse.Namespa
                 text = "\n".join(recent)
                 why = classify_supernode_output(text, args.coordinator, connected=connected, key=key)
                 return _fail(why or f"{node.exit_description()}; its last lines:\n" + "\n".join(recent[-15:]))
-            continue
+            if line is None:
+                continue
         recent = (recent + [line])[-200:]
         _relay(line, args)
         why = None
