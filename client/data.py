@@ -24,7 +24,12 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from client.folder import MANIFEST, check_against_suite, folder_fingerprint, read_client_dir
+from client.folder import (
+    MANIFEST,
+    check_against_suite,
+    folder_fingerprint,
+    read_client_dir,
+)
 from client.trust import check_suite_trusted
 from tasks.registry import load_suite
 from tasks.suite import Suite, TaskData

@@ -219,7 +219,10 @@ class ForkServer:
                  secret: bytes | None, supernode_log: str | None = None, receive_wait: float = 30.0,
                  log_offset: int = 0) -> None:
         import httpx
-        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
+        from flwr.supercore.interceptors import (
+            RuntimeVersionHttpInterceptor,
+            SuperExecAuthHttpInterceptor,
+        )
         from flwr.supercore.retry.retry_invoker import RetryInvoker
         from flwr.supercore.runtime import RuntimeHttpClient
 

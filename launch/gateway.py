@@ -77,18 +77,23 @@ from launch.gateway_auth import (
     AuthorizedKeys,
     check_signed_headers,
 )
+from launch.gateway_hold import (
+    DEFAULT_PULL_HOLD_S,
+    DEFAULT_PULL_POLL_S,
+    HELD_ROUTES,
+    PullHolder,
+)
 from launch.gateway_limits import GatewayLimits, InFlight, RefusalLog
-from launch.gateway_hold import DEFAULT_PULL_HOLD_S, DEFAULT_PULL_POLL_S, HELD_ROUTES, PullHolder
 
 __all__ = [
     "FLEET_ROUTES",
+    "FleetGateway",
     "GatewayConfig",
     "GatewayLimits",
-    "FleetGateway",
-    "parse_hostport",
     "gateway_command",
-    "serve",
     "main",
+    "parse_hostport",
+    "serve",
 ]
 
 LOG = logging.getLogger("fedmtl.fleet_gateway")

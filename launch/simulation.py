@@ -205,7 +205,7 @@ class SimulationResources:
     and every node needs the same Python, Ray, flwr and fedmtl installed. A client on another
     node imports the app from this machine's FAB copy where that path exists (a shared file
     system), else from the fedmtl installed there. `ray_num_cpus`/`ray_num_gpus` cap a private
-    Ray instance (default: all of this machine). See docs/deployment.md, "An existing Ray cluster".
+    Ray instance (default: all of this machine). See docs/deployment.md, "Simulation on your own Ray cluster".
 
     Flower 1.41 carries the per-client CPU count as an integer. A fractional value is emulated
     on a private Ray: each client reserves 1 logical CPU and Ray is told it has

@@ -28,12 +28,23 @@ from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
 
 from client import data as client_data
 from client import folder
-from client.folder import ClientDataError, folder_fingerprint, read_client_dir, write_client_dir
+from client.folder import (
+    ClientDataError,
+    folder_fingerprint,
+    read_client_dir,
+    write_client_dir,
+)
 from client.timing import TIMING_ENV, timing_mod
 from launch import clientapp_forkserver as fs
 from launch.gateway import GatewayConfig, gateway_command
 from launch.gateway_hold import OBJECT_ROUTE, PULL_ROUTE, PullHolder
-from launch.supernode import FORKSERVER, MAX_EXECUTOR_RESTARTS, TASK_POLL_ENV, SuperNodeConfig, SuperNodeProcess
+from launch.supernode import (
+    FORKSERVER,
+    MAX_EXECUTOR_RESTARTS,
+    TASK_POLL_ENV,
+    SuperNodeConfig,
+    SuperNodeProcess,
+)
 from tasks.suite import TaskData, TaskSpec
 
 

@@ -26,7 +26,13 @@ from client.folder import ClientDataError, folder_fingerprint, read_client_dir
 from common.signals import install_stop_handlers
 from launch.gateway import parse_hostport
 from launch.service import insecure_banner
-from launch.supernode import EXECUTORS, LogFollower, SuperNodeConfig, SuperNodeProcess, classify_supernode_output
+from launch.supernode import (
+    EXECUTORS,
+    LogFollower,
+    SuperNodeConfig,
+    SuperNodeProcess,
+    classify_supernode_output,
+)
 
 #: SuperNode lines that tell nothing on a console (shown with --verbose only).
 _NOISE = tuple(re.compile(p) for p in (
