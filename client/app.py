@@ -11,7 +11,7 @@ import time
 import zlib
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.data import client_name, client_suite, local_tasks
@@ -91,9 +91,8 @@ def train(msg: Message, context: Context) -> Message:
         momentum=float(cfg.get("momentum", 0.9)),
         optimizer=str(cfg.get("optimizer", "sgd")),
         seed=_node_seed(cfg, context),
-        affinity_every=int(cfg.get("affinity-every", 0)),
-        affinity_batch_size=int(cfg.get("affinity-batch-size", 0)),
         device=str(cfg.get("device", "auto")),
+        **_affinity_config(cfg),
     )
     result = train_multitask(model, data, tasks, train_cfg)
     metrics: dict[str, float | int | list[float] | list[int]] = {
@@ -107,14 +106,38 @@ def train(msg: Message, context: Context) -> Message:
     for signal, stats in (("lookahead", result.lookahead), ("cosine", result.cosine)):
         if stats is not None:
             metrics.update(stats.to_metrics(signal))
+    records = {}
+    if result.gradients is not None and result.gradients.grads:
+        arrays, grad_metrics = result.gradients.to_wire()
+        metrics.update(grad_metrics)
+        records[P.AFFINITY] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     content = RecordDict(
         {
             P.MODEL: ArrayRecord(state),
             P.METRICS: MetricRecord(metrics),
+            **records,
         }
     )
     return Message(content, reply_to=msg)
+
+
+def _affinity_config(cfg: dict) -> dict:
+    """TrainConfig's affinity fields from the train message: measure exactly what it asks for.
+
+    A coordinator that predates `affinity-method` sent only `affinity-every`; it then means the
+    virtual step, as it always did.
+    """
+    every = int(cfg.get(P.CFG_AFFINITY_EVERY, 0))
+    legacy = "virtual-step" if every > 0 else "none"
+    return {
+        "affinity_method": str(cfg.get(P.CFG_AFFINITY_METHOD, legacy)),
+        "affinity_every": every,
+        "affinity_batch_size": int(cfg.get(P.CFG_AFFINITY_BATCH_SIZE, 0)),
+        "affinity_steps": int(cfg.get(P.CFG_AFFINITY_STEPS, 10)),
+        "affinity_sketch_dim": int(cfg.get(P.CFG_AFFINITY_SKETCH_DIM, 2048)),
+        "affinity_sketch_seed": int(cfg.get(P.CFG_AFFINITY_SKETCH_SEED, 0)),
+    }
 
 
 @app.evaluate()

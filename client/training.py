@@ -1,9 +1,20 @@
 """Local multi-task training and evaluation: plain torch, no Flower.
 
 One step draws a batch from every task the client holds in the group and minimises the SUM of
-the task losses (MAS's all-in-one objective). Every `affinity_every` steps it also measures TAG
-lookahead affinity and gradient cosine between those tasks on the same batches, timed
-separately so the coordinator can report what the measurement cost.
+the task losses (MAS's all-in-one objective). Affinity is measured only when the coordinator's
+train config asks for it (`affinity_method`), in one or both of two ways:
+
+* "gradients": during the round's first ceil(`affinity_steps` / number of tasks) steps
+  (`strategies.affinity.summaries.window_steps`) each task's loss is
+  backpropagated separately (the forwards are separate anyway), so each task's body gradient
+  comes for free and the trained weights are bitwise those of the joint backward (the per-task
+  gradients are summed in the engine's own order; tests/test_affinity_gradients.py checks it);
+  the tasks' mean gradients are count-sketched at the end into a `GradientReport`. Works with
+  ONE task per client.
+* "virtual-step": every `affinity_every` steps, exact TAG lookahead and gradient cosine between
+  the client's tasks on the same batches (needs two tasks on the client).
+
+Measurement time is kept apart from training time so the coordinator can report its cost.
 """
 
 from __future__ import annotations
@@ -16,6 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from strategies.affinity import AffinityStats, measure_both
+from strategies.affinity.names import check_method, measures_gradients, measures_virtual_step
+from strategies.affinity.reports import GradientReport
+from strategies.affinity.summaries import TaskGradients, window_steps
 from tasks.models import MultiTaskModel
 from tasks.suite import TaskData
 
@@ -32,8 +46,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw" (pretrained transformers; lr ~1e-4)
     seed: int = 0
-    affinity_every: int = 0  # 0 = do not measure affinity
-    affinity_batch_size: int = 0  # > batch_size: measure on larger batches of their own (less noise)
+    affinity_method: str = "none"  # gradients | virtual-step | both | none (strategies.affinity.METHODS)
+    affinity_every: int = 0  # virtual-step: measure every k-th step (0 = never)
+    affinity_batch_size: int = 0  # virtual-step: > batch_size measures on larger batches of their own
+    affinity_steps: int = 10  # gradients: task-step budget; accumulate over the first ceil(N / tasks) steps
+    affinity_sketch_dim: int = 2048  # gradients: sketch size (exact gradient when the body is smaller)
+    affinity_sketch_seed: int = 0  # gradients: the round's sketch seed, the same for every client
     device: str = "cpu"
 
 
@@ -48,6 +66,7 @@ class TrainResult:
     affinity_seconds: float = 0.0
     lookahead: AffinityStats | None = None
     cosine: AffinityStats | None = None
+    gradients: GradientReport | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,19 +129,24 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
     missing = [t for t in tasks if t not in data or t not in model.heads]
     if missing:
         raise ValueError(f"tasks {missing} have no local data or no head in the received model")
+    method = check_method(cfg.affinity_method)
     device = resolve_device(cfg.device)
     model.to(device).train()
     generator = torch.Generator().manual_seed(cfg.seed)
     streams = {t: _TaskStream(data[t], cfg.batch_size, generator, device) for t in tasks}
     steps = cfg.local_steps if cfg.local_steps > 0 else cfg.local_epochs * max(s.batches_per_epoch for s in streams.values())
     optimizer = make_optimizer(model, cfg)
-    measure = cfg.affinity_every > 0 and len(tasks) >= 2
+    measure = measures_virtual_step(method) and cfg.affinity_every > 0 and len(tasks) >= 2
     probe_streams = streams
     if measure and cfg.affinity_batch_size > cfg.batch_size:
         probe_gen = torch.Generator().manual_seed(cfg.seed + 1)
         probe_streams = {t: _TaskStream(data[t], cfg.affinity_batch_size, probe_gen, device) for t in tasks}
     lookahead = AffinityStats(list(tasks)) if measure else None
     cosine = AffinityStats(list(tasks)) if measure else None
+    accumulate = measures_gradients(method) and cfg.affinity_steps > 0
+    window = window_steps(cfg.affinity_steps, len(tasks), steps)
+    grads = TaskGradients(model, tasks, window) if accumulate and window > 0 else None
+    report: GradientReport | None = None
     loss_sums = {t: 0.0 for t in tasks}
     affinity_seconds = 0.0
     start = time.perf_counter()
@@ -137,11 +161,19 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
             affinity_seconds += time.perf_counter() - t0
         optimizer.zero_grad(set_to_none=True)
         losses = {t: F.cross_entropy(model(x, t), y) for t, (x, y) in batches.items()}
-        total = torch.stack(list(losses.values())).sum()
-        total.backward()
+        if grads is not None and grads.wants(step):
+            _per_task_backward(model, losses, grads, {t: len(y) for t, (_, y) in batches.items()})
+            if step == grads.max_steps - 1:  # window over: sketch now and free the sums
+                report = grads.report(cfg.affinity_sketch_dim, cfg.affinity_sketch_seed)
+        else:
+            torch.stack(list(losses.values())).sum().backward()
         optimizer.step()
         for t, loss in losses.items():
             loss_sums[t] += float(loss.detach())
+    if grads is not None:
+        if report is None:  # steps == 0
+            report = grads.report(cfg.affinity_sketch_dim, cfg.affinity_sketch_seed)
+        affinity_seconds += grads.seconds
     elapsed = time.perf_counter() - start
     return TrainResult(
         examples={t: data[t].num_train for t in tasks},
@@ -151,7 +183,33 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
         affinity_seconds=affinity_seconds,
         lookahead=lookahead,
         cosine=cosine,
+        gradients=report,
     )
+
+
+def _per_task_backward(model: MultiTaskModel, losses: dict[str, torch.Tensor], grads: TaskGradients,
+                       examples: dict[str, int]) -> None:
+    """Backpropagate each task's loss on its own and set `.grad` to their sum (in task order).
+
+    The sum's gradient is the sum of the per-task gradients, so the optimizer sees the same step
+    as after `sum(losses).backward()`. Tasks are taken in REVERSE order because that is the order
+    in which the autograd engine adds the branches of the joint backward (latest-created first):
+    then the two are bitwise identical (measured on CPU, torch 2.x; another engine order would
+    differ by float rounding only). On the way each task's body gradient goes into `grads`.
+    """
+    body = grads.params
+    for task in reversed(list(losses)):
+        loss = losses[task]
+        head = [p for p in model.heads[task].parameters() if p.requires_grad]
+        g = torch.autograd.grad(loss, body + head, allow_unused=True)
+        grads.add(task, g[: len(body)], float(loss.detach()), examples[task])
+        for p, gi in zip(body + head, g):
+            if gi is None:
+                continue
+            if p.grad is None:
+                p.grad = gi
+            else:
+                p.grad += gi
 
 
 @torch.no_grad()

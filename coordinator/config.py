@@ -13,7 +13,10 @@ import difflib
 from dataclasses import dataclass, fields
 from typing import Any
 
+from strategies.affinity import METHODS as AFFINITY_METHODS
+from strategies.affinity import POOLINGS as AFFINITY_POOLINGS
 from strategies.affinity import SIGNALS as AFFINITY_SIGNALS
+from strategies.affinity import measures_gradients, measures_virtual_step
 
 MODES = ("all-in-one", "separate", "mas", "dynamic")
 FUSIONS = ("uniform", "examples")
@@ -58,9 +61,14 @@ class RunConfig:
     trim_fraction: float = 0.2
     clip_norm: float = 0.0  # 0 = no clipping of client updates
     # affinity and grouping
-    affinity_every: int = 10
-    affinity_batch_size: int = 0  # 0 = the training batch; larger = less noisy measurements
-    affinity_signal: str = "lookahead"
+    affinity_method: str = "gradients"  # gradients (every pair, cross-client) | virtual-step (exact TAG) | both | none
+    affinity_steps: int = 10  # gradients: task-step budget; a client with T tasks accumulates its first ceil(N/T) steps
+    affinity_sketch_dim: int = 2048  # gradients: count-sketch size (the exact gradient when the body is smaller)
+    affinity_sketch_seed: int = 0  # gradients: base seed of the per-round sketches
+    affinity_pooling: str = "mean"  # across clients: mean (examples-weighted) | robust (median-norm clip + median)
+    affinity_every: int = 10  # virtual-step: measure every k-th step
+    affinity_batch_size: int = 0  # virtual-step: 0 = the training batch; larger = less noisy measurements
+    affinity_signal: str = "cosine"  # the split reads: cosine (default: steadiest on planted suites) or lookahead (TAG)
     affinity_monitor: bool = False  # also measure in rounds no split reads (any mode)
     affinity_average: str = "mean"  # over measured rounds: mean (MAS), window (last N) or ema
     affinity_window: int = 5
@@ -122,6 +130,11 @@ class RunConfig:
         need(self.fusion in FUSIONS, "fusion", f"must be one of {FUSIONS}")
         need(self.aggregator in AGGREGATORS, "aggregator", f"must be one of {AGGREGATORS}")
         need(self.affinity_signal in AFFINITY_SIGNALS, "affinity-signal", f"must be one of {AFFINITY_SIGNALS}")
+        need(self.affinity_method in AFFINITY_METHODS, "affinity-method", f"must be one of {AFFINITY_METHODS}")
+        need(self.affinity_pooling in AFFINITY_POOLINGS, "affinity-pooling", f"must be one of {AFFINITY_POOLINGS}")
+        need(self.affinity_steps >= 0, "affinity-steps", "must be >= 0")
+        need(1 <= self.affinity_sketch_dim <= 1 << 20, "affinity-sketch-dim", "must be in [1, 1048576]")
+        need(self.affinity_sketch_seed >= 0, "affinity-sketch-seed", "must be >= 0")
         need(self.affinity_average in AFFINITY_AVERAGES, "affinity-average", f"must be one of {AFFINITY_AVERAGES}")
         need(self.rounds >= 1, "rounds", "must be >= 1")
         need(0.0 < self.fraction <= 1.0, "fraction", "must be in (0, 1]")
@@ -158,7 +171,11 @@ class RunConfig:
         need(_tracking_ok(self.tracking), "tracking", f"must be '' or a comma list of {TRACKING_BACKENDS}")
         if self.mode in ("mas", "dynamic"):
             need(self.split_round < self.rounds, "split-round", f"must be < rounds ({self.rounds}) in mode {self.mode!r}")
-            need(self.affinity_every >= 1, "affinity-every", f"must be >= 1 in mode {self.mode!r}: it needs affinity")
+            need(self.affinity_method != "none", "affinity-method", f"must not be 'none' in mode {self.mode!r}: it needs affinity")
+            if measures_virtual_step(self.affinity_method):
+                need(self.affinity_every >= 1, "affinity-every", f"must be >= 1 in mode {self.mode!r} with affinity-method {self.affinity_method!r}")
+            if measures_gradients(self.affinity_method):
+                need(self.affinity_steps >= 1, "affinity-steps", f"must be >= 1 in mode {self.mode!r} with affinity-method {self.affinity_method!r}")
 
     def validate_against_suite(self, task_names: list[str], where: str = "run config") -> None:
         """Checks that need the suite: e.g. more groups than tasks is impossible."""

@@ -49,6 +49,7 @@ from coordinator.schedule import assign, with_coverage
 from coordinator.state import RoundOutcome, TaskGroup
 from coordinator.tracking import Trackers, open_trackers
 from coordinator.train import TrainResults, train
+from strategies.affinity import body_num_params, measures_gradients
 from strategies.merge_split import MergeSplitPlan
 from strategies.scheduler import SchedulerState
 from strategies.validation import ValidationPolicy
@@ -79,7 +80,7 @@ class Coordinator:
         self.exchange = Exchange(grid)
         self.roster = Roster(cfg, self.tasks, log)
         self.plan = MergeSplitPlan(cfg.mode, cfg.split_round, cfg.regroup_every, cfg.regroup_rounds, rounds=cfg.rounds)
-        self.affinity = AffinityBook(self.tasks, cfg, self.plan)
+        self.affinity = AffinityBook(self.tasks, cfg, self.plan, self._body_params())
         self.state = regroup.GroupState(groups=[], next_gid=0)
         self.scheduler = SchedulerState()
         self.policy = ValidationPolicy(max_update_norm=cfg.max_update_norm or None, max_examples=cfg.max_examples,
@@ -149,7 +150,7 @@ class Coordinator:
             work, self.scheduler = assign(self.groups, pool, self.cfg, r, self.scheduler, outcome)
         with _phase(outcome, "train"):
             results = train(self.exchange, outbox, work, self.roster, live, self.cfg, outcome,
-                            lambda g: self.affinity.message_config(g, r), self.policy)
+                            lambda g: self.affinity.ask(g, r), self.policy)
         with _phase(outcome, "fuse"):
             self._fuse(results, outcome)
         with _phase(outcome, "affinity"):
@@ -172,6 +173,12 @@ class Coordinator:
         return outcome
 
     # ------------------------------------------------------------------ steps kept here
+    def _body_params(self) -> int:
+        """P, the body parameters a gradient summary covers (built once; only the gradient method needs it)."""
+        if not measures_gradients(self.cfg.affinity_method):
+            return 0
+        return body_num_params(self.suite.build_model(self.tasks[:1], seed=self.cfg.seed))
+
     def _initial_groups(self) -> list[TaskGroup]:
         body, heads = initial_model(self.suite, self.cfg.seed)
         grouping = [[t] for t in self.tasks] if self.cfg.mode == "separate" else [list(self.tasks)]

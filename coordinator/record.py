@@ -95,8 +95,12 @@ def progress_line(o: RoundOutcome, rounds: int) -> str:
             f"| {o.seconds:6.1f}s | mean acc {shown}")
     compute = o.compute or {}
     affinity_s = float(compute.get("affinity_seconds", 0.0) or 0.0)
-    if affinity_s > 0:
+    if affinity_s > 0 or o.affinity:
         train_s = float(compute.get("train_seconds", 0.0) or 0.0)
-        share = f" ({100 * affinity_s / train_s:.0f}% of training)" if train_s > 0 else ""
-        line += f" | affinity {affinity_s:.1f}s{share}"
+        share = f" ({100 * affinity_s / train_s:.1f}% of training)" if train_s > 0 else ""
+        line += f" | affinity {affinity_s:.2f}s{share}"
+        summary = ((o.affinity or {}).get("coverage") or {}).get("summary")
+        if summary:
+            known = summary.get("same-client", 0) + summary.get("cross-client", 0)
+            line += f", {known}/{known + summary.get('never', 0)} pairs measured"
     return line

@@ -19,9 +19,13 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
+from coordinator.affinity_ask import NOTHING, AffinityAsk
 from coordinator.messaging import Sent
 from coordinator.state import ClientInfo, TaskGroup
-from strategies.affinity import SIGNALS, AffinityStats
+from strategies.affinity import (
+    SIGNALS, AffinityStats, GradientReport, has_gradient_report, max_virtual_measurements, validate_affinity_stats,
+    validate_gradient_report, window_steps,
+)
 from strategies.fusion import ClientUpdate
 from strategies.validation import ValidationPolicy
 from tasks import protocol as P
@@ -48,7 +52,8 @@ class TrainReply:
     train_seconds: float
     affinity_seconds: float
     steps: int
-    affinity: dict[str, AffinityStats] = field(default_factory=dict)
+    affinity: dict[str, AffinityStats] = field(default_factory=dict)  # virtual-step stats per signal
+    gradients: GradientReport | None = None  # per-task body-gradient summaries
 
 
 def short(text: object) -> str:
@@ -187,11 +192,16 @@ def unknown_tasks(reply: Message, suite_tasks: list[str]) -> list[str]:
 
 def read_train(
     reply: Message, sent: Sent, group: TaskGroup, client: ClientInfo, policy: ValidationPolicy,
-    max_metrics: int = MAX_ENTRIES,
+    ask: AffinityAsk = NOTHING, max_metrics: int = MAX_ENTRIES,
 ) -> TrainReply | Refused:
-    """A train reply fit to fuse, or why not. `group` holds the weights the client was sent."""
+    """A train reply fit to fuse, or why not. `group` holds the weights the client was sent;
+    `ask` what it was asked to measure (its measurements are checked against it).
+
+    A reply whose measurements are forged or broken is refused whole, update included: a client
+    that lies about what it measured is not trusted with the model either.
+    """
     problems = _check_origin(reply, sent)
-    allowed = {P.MODEL: ArrayRecord, P.METRICS: MetricRecord, P.CONFIG: ConfigRecord}
+    allowed = {P.MODEL: ArrayRecord, P.METRICS: MetricRecord, P.CONFIG: ConfigRecord, P.AFFINITY: ArrayRecord}
     records, more = _records(reply, allowed, {P.MODEL, P.METRICS})
     problems += more
     if problems:
@@ -233,47 +243,66 @@ def read_train(
         steps = 0
     update = ClientUpdate(node_id=sent.node, body=body, heads=heads, examples=examples)  # type: ignore[arg-type]
     problems += policy.check(group.body, {t: group.heads[t] for t in asked}, asked, update)
-    affinity, more = _read_affinity_stats(dict(metrics), asked, int(steps))
+    plain = dict(metrics)
+    affinity, more = _read_affinity_stats(plain, asked, int(steps), ask)
+    problems += more
+    gradients, more = _read_gradient_report(records.get(P.AFFINITY), plain, asked, int(steps), ask, client.name, sent.gid)
     problems += more
     if problems:
         return Refused(problems)
-    return TrainReply(update, losses, seconds[P.TRAIN_SECONDS], seconds[P.AFFINITY_SECONDS], int(steps), affinity)
+    return TrainReply(update, losses, seconds[P.TRAIN_SECONDS], seconds[P.AFFINITY_SECONDS], int(steps), affinity,
+                      gradients)
 
 
-def _read_affinity_stats(metrics: dict, tasks: list[str], steps: int) -> tuple[dict[str, AffinityStats], list[str]]:
-    """Virtual-step affinity sums/counts: only tasks the client trained, finite sums, counts no
-    larger than the steps it ran, means in the signal's range."""
+def _read_affinity_stats(metrics: dict, tasks: list[str], steps: int,
+                         ask: AffinityAsk) -> tuple[dict[str, AffinityStats], list[str]]:
+    """Virtual-step affinity sums/counts, only if asked for: only tasks the client trained, finite
+    sums, counts no larger than its steps allow, means in the signal's range
+    (`strategies.affinity.validate_affinity_stats`)."""
     out: dict[str, AffinityStats] = {}
     problems: list[str] = []
-    ranges = {"lookahead": (-1e3, 1.0), "cosine": (-1.0, 1.0)}
+    max_count = max_virtual_measurements(steps, ask.every) if ask.virtual_step else 0
     for signal in SIGNALS:
         if not any(k.startswith(f"{signal}.") for k in metrics):
+            continue
+        if not ask.virtual_step:
+            problems.append(f"affinity {signal}: virtual-step measurements this message did not ask for")
             continue
         try:
             stats = AffinityStats.from_metrics(metrics, prefix=signal)
         except (ValueError, TypeError) as exc:
             problems.append(f"affinity {signal}: {short(exc)}")
             continue
-        stray = [t for t in stats.tasks if t not in tasks]
-        if stray:
-            problems.append(f"affinity {signal}: tasks {stray[:5]} this client was not asked to train")
-            continue
-        if not np.isfinite(stats.sums).all():
-            problems.append(f"affinity {signal}: non-finite sums")
-            continue
-        if (stats.counts < 0).any() or stats.counts.max(initial=0) > steps:
-            problems.append(f"affinity {signal}: counts up to {int(stats.counts.max(initial=0))}, "
-                            f"more than the {steps} steps it ran")
-            continue
-        low, high = ranges[signal]
-        mean = stats.mean()
-        bad = np.isfinite(mean) & ((mean < low - 1e-9) | (mean > high + 1e-9))
-        if bad.any():
-            problems.append(f"affinity {signal}: mean values outside [{low}, {high}]")
-            continue
-        if stats.counts.sum() > 0:
+        found = validate_affinity_stats(stats, tasks, max_count, signal)
+        if found:
+            problems += [f"affinity {signal}: {short(p)}" for p in found]
+        elif stats.counts.sum() > 0:
             out[signal] = stats
     return out, problems
+
+
+def _read_gradient_report(record: ArrayRecord | None, metrics: dict, tasks: list[str], steps: int, ask: AffinityAsk,
+                          client: str, gid: int | None) -> tuple[GradientReport | None, list[str]]:
+    """Per-task gradient summaries, only if asked for: keys, dtypes, lengths and byte sizes are
+    checked before decoding, then counts, norms, losses and the sketch seed
+    (`strategies.affinity.validate_gradient_report`)."""
+    if record is None and not has_gradient_report(None, metrics):
+        return None, []
+    if not ask.gradients:
+        return None, ["affinity: gradient summaries this message did not ask for"]
+    if record is None:
+        return None, [f"affinity: summary metrics without the {P.AFFINITY!r} record"]
+    expected = {P.task_key(P.AFFINITY_GRAD, t): torch.empty(ask.dim, dtype=torch.float32) for t in tasks}
+    arrays, problems = _decode_state(record, expected, P.AFFINITY)
+    if problems:
+        return None, problems
+    try:
+        report = GradientReport.from_wire({k: v.numpy() for k, v in arrays.items()}, metrics, client=client, group=gid)
+    except ValueError as exc:
+        return None, [f"affinity: {short(exc)}"]
+    found = validate_gradient_report(report, tasks, window_steps(ask.steps, len(tasks), steps), ask.dim,
+                                     batch_size=ask.batch_size or None, expected_seed=ask.seed)
+    return (None, [f"affinity: {short(p)}" for p in found]) if found else (report, [])
 
 
 # ----------------------------------------------------------------------------- evaluate

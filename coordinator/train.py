@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.affinity_ask import AffinityAsk
 from coordinator.config import RunConfig
 from coordinator.discovery import Roster
 from coordinator.messaging import Exchange, Outbox, Sent, error_text
@@ -52,9 +53,9 @@ def training_config(cfg: RunConfig) -> dict:
 
 def train(
     exchange: Exchange, outbox: Outbox, work: list[Work], roster: Roster, live: dict[int, ClientInfo],
-    cfg: RunConfig, outcome: RoundOutcome, measure: Callable[[TaskGroup], dict], policy: ValidationPolicy,
+    cfg: RunConfig, outcome: RoundOutcome, measure: Callable[[TaskGroup], AffinityAsk], policy: ValidationPolicy,
 ) -> TrainResults:
-    """Run the round's training; `measure(group)` gives the affinity settings for its messages."""
+    """Run the round's training; `measure(group)` says what its clients measure (and may reply)."""
     groups = {w.group.gid: w.group for w in work}
     spill = Path(cfg.out) / ".fusion-spill" / f"round-{outcome.round}"  # replies that arrive early wait here
     results = TrainResults(
@@ -64,7 +65,8 @@ def train(
         sampled=dict(_count(w.group.gid for w in work)),
     )
     base = training_config(cfg)
-    extra = {gid: base | measure(g) for gid, g in groups.items()}
+    asks = {gid: measure(g) for gid, g in groups.items()}
+    extra = {gid: base | asks[gid].to_config() for gid in groups}
     tried: dict[int, set[int]] = defaultdict(set)
     load: dict[int, int] = defaultdict(int)
     pending = work
@@ -79,7 +81,7 @@ def train(
         outgoing = [outbox.train(w.node, w.group, w.tasks, extra[w.group.gid], attempt) for w in pending]
         pushed, refused = exchange.push(outgoing)
         for sent, reply in exchange.collect(pushed, timeout=cfg.round_timeout):
-            _take(sent, reply, groups[sent.gid], roster, policy, results, outcome)
+            _take(sent, reply, groups[sent.gid], asks[sent.gid], roster, policy, results, outcome)
         for sent in refused + list(pushed.values()):
             name = roster.name_of(sent.node)
             results.fusers[sent.gid].skip(name)
@@ -93,7 +95,7 @@ def train(
     return results
 
 
-def _take(sent: Sent, reply, group: TaskGroup, roster: Roster, policy: ValidationPolicy,
+def _take(sent: Sent, reply, group: TaskGroup, ask: AffinityAsk, roster: Roster, policy: ValidationPolicy,
           results: TrainResults, outcome: RoundOutcome) -> None:
     """Check one reply and fold it into its group's fuser, or record why not."""
     node, name = sent.node, roster.name_of(sent.node)
@@ -105,7 +107,7 @@ def _take(sent: Sent, reply, group: TaskGroup, roster: Roster, policy: Validatio
         roster.log(f"  client {name} (node {node}) failed in group {sent.gid}: {text}")
         return
     client = roster.clients.get(node)
-    parsed = Refused([f"node {node} is not a known client"]) if client is None else read_train(reply, sent, group, client, policy)
+    parsed = Refused([f"node {node} is not a known client"]) if client is None else read_train(reply, sent, group, client, policy, ask)
     if isinstance(parsed, Refused):
         fuser.skip(name)
         outcome.reject(node, name, sent.gid, parsed.reasons, "train")

@@ -34,3 +34,25 @@ EVAL_GROUPS = "groups"
 
 def group_key(prefix: str, gid: int) -> str:
     return f"{prefix}.{gid}"
+
+
+# --- affinity measurement -----------------------------------------------------------------
+# Train message config keys (ConfigRecord CONFIG) that tell a client what to measure this round.
+# The client measures exactly when asked (method != "none"); the coordinator decides the rounds.
+CFG_AFFINITY_METHOD = "affinity-method"  # "gradients" | "virtual-step" | "both" | "none"
+CFG_AFFINITY_STEPS = "affinity-steps"  # gradients: accumulate over the round's first N steps
+CFG_AFFINITY_SKETCH_DIM = "affinity-sketch-dim"  # gradients: sketch size d (exact gradient if P <= d)
+CFG_AFFINITY_SKETCH_SEED = "affinity-sketch-seed"  # gradients: this round's sketch seed (same for all clients)
+CFG_AFFINITY_EVERY = "affinity-every"  # virtual-step: measure every k-th step
+CFG_AFFINITY_BATCH_SIZE = "affinity-batch-size"  # virtual-step: probe batch size (0 = training batch)
+
+# Train reply: per-task gradient summaries travel in their own ArrayRecord AFFINITY, one float32
+# 1-D array "grad.<task>" of length min(P, d) per measured task; their bookkeeping in METRICS:
+AFFINITY = "affinity"
+AFFINITY_GRAD = "grad"  # array key "grad.<task>"
+AFFINITY_STEPS = "affinity-steps"  # metric "affinity-steps.<task>": steps accumulated (int)
+AFFINITY_EXAMPLES = "affinity-examples"  # metric "affinity-examples.<task>": examples accumulated (int)
+AFFINITY_LOSS = "affinity-loss"  # metric "affinity-loss.<task>": mean loss over those steps (float)
+AFFINITY_SEED = "affinity-sketch-seed"  # metric: the sketch seed the client used (echo, int)
+# Virtual-step sums/counts stay in METRICS as "<signal>.sum.<ti>.<tj>" / "<signal>.count.<ti>.<tj>"
+# (strategies.affinity.AffinityStats.to_metrics(prefix=signal)).

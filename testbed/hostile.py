@@ -19,11 +19,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client import app as honest
+from strategies.affinity import GradientReport
+from testbed.hostile_affinity import forge_gradient_report
 from tasks import protocol as P
 
 BEHAVIOURS = {
@@ -54,6 +57,12 @@ BEHAVIOURS = {
     "t-affinity-counts": "affinity counts far above the steps it ran",
     "t-affinity-foreign": "affinity for tasks it does not hold",
     "t-affinity-range": "cosine affinity of 50",
+    "t-grad-nan": "NaN in a gradient summary (a summary nobody asked for, in rounds that measure nothing)",
+    "t-grad-huge": "gradient summaries scaled by 1e8",
+    "t-grad-foreign": "a gradient summary for a task it does not train",
+    "t-grad-counts": "steps and examples behind its summaries inflated 1000x",
+    "t-grad-dim": "gradient summaries one entry short",
+    "t-grad-seed": "summaries sketched with another seed than the round's",
     "t-many-metrics": "100,000 metric entries",
     "t-wrong-reply": "a reply that answers no message",
     "t-reordered": "the right keys in another order (valid: must fuse correctly)",
@@ -162,6 +171,11 @@ def train(msg: Message, context: Context) -> Message:
     if "t-reordered" in evil:
         state = dict(reversed(list(state.items())))
     records: dict = {P.MODEL: ArrayRecord(state), P.METRICS: None}
+    if P.AFFINITY in reply.content:
+        records[P.AFFINITY] = reply.content[P.AFFINITY]
+    grad_forgery = next((b[len("t-grad-"):] for b in evil if b.startswith("t-grad-")), None)
+    if grad_forgery:
+        records[P.AFFINITY], metrics = _forged_summaries(grad_forgery, records.get(P.AFFINITY), metrics, tasks, msg)
     if "t-oversized" in evil:
         record = ArrayRecord(state)
         arr = record[body_key]
@@ -196,6 +210,25 @@ def train(msg: Message, context: Context) -> Message:
     if "t-extra-record" in evil:
         records["payload"] = ArrayRecord({"x": torch.zeros(1000)})
     return _rebuild(reply, msg, records)
+
+
+def _forged_summaries(kind: str, record: ArrayRecord | None, metrics: dict, tasks: list[str],
+                      msg: Message) -> tuple[ArrayRecord, dict]:
+    """The honest gradient summaries forged (`testbed.hostile_affinity`), or, when the message
+    asked for none, summaries of random numbers it was never asked for."""
+    if record is not None:
+        arrays = {k: v.numpy() for k, v in record.items()}
+        report = GradientReport.from_wire(arrays, metrics)
+    else:
+        rng = np.random.default_rng(0)
+        report = GradientReport("", {t: rng.standard_normal(64).astype(np.float32) for t in tasks},
+                                {t: 1 for t in tasks}, {t: 1 for t in tasks}, {t: 1.0 for t in tasks}, seed=0)
+    suite_tasks = list(tasks) + ["ghost"]
+    forged = forge_gradient_report(kind, report, suite_tasks)
+    arrays, more = forged.to_wire()
+    keep = {k: v for k, v in metrics.items()
+            if not k.startswith((P.AFFINITY_STEPS + ".", P.AFFINITY_EXAMPLES + ".", P.AFFINITY_LOSS + "."))}
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()}), keep | more
 
 
 @app.evaluate()

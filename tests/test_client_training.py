@@ -20,7 +20,7 @@ def test_local_training_reduces_every_task_loss():
     assert len(tasks) >= 2
     model = suite.build_model(tasks, seed=0)
     before = evaluate_multitask(model, _on_train_split(data), tasks)
-    result = train_multitask(model, data, tasks, TrainConfig(local_epochs=3, batch_size=32, lr=0.05, seed=1, affinity_every=5))
+    result = train_multitask(model, data, tasks, TrainConfig(local_epochs=3, batch_size=32, lr=0.05, seed=1, affinity_method="virtual-step", affinity_every=5))
     after = evaluate_multitask(model, _on_train_split(data), tasks)
     for t in tasks:
         assert after[t]["loss"] < before[t]["loss"], (t, before[t], after[t])

@@ -142,6 +142,8 @@ def test_grouped_coldfusion_runs_through_the_round_loop(tmp_path):
     s = run.summary
     assert len(s["groups_per_round"]) == cfg.iterations + 1
     assert set(run.body_of_task) == set(cfg.seen)
-    # one dataset per contributor: the current loop measures no affinity, so the split keeps one group
-    assert s["affinity_measured_rounds"] == 0 and s["final_groups"] == [list(cfg.seen)]
+    # one dataset per contributor: every pair the split reads is measured across clients
+    assert s["affinity_measured_rounds"] == cfg.split_round
+    assert s["affinity_coverage"]["same-client"] == 0 and s["affinity_coverage"]["cross-client"] > 0
+    assert sorted(t for g in s["final_groups"] for t in g) == sorted(cfg.seen)
     assert s["client_trainings"] == cfg.iterations * len(cfg.seen)

@@ -109,3 +109,27 @@ def test_a_reply_that_answers_no_message_is_not_used(tmp_path):
     entry = history.rounds[1]
     assert [e["client"] for e in entry["dropped"]] == [f"partition-{HONEST}"]
     assert entry["clients"] == ["partition-0", "partition-1"]
+
+
+GRADIENT = sorted(b for b in hostile.BEHAVIOURS if b.startswith("t-grad-"))
+
+
+def test_forged_gradient_summaries_in_measured_rounds_are_refused_and_change_nothing(tmp_path):
+    """mas: round 1 measures (gradient summaries asked for), round 2 trains the split groups
+    (none asked for). Forged summaries are refused in round 1, unasked ones in round 2; the
+    affinity, the split and the models are bitwise those of the honest run."""
+    settings = {"mode": "mas", "split-round": 1, "rounds": 2, "affinity-method": "gradients", "max-groups": 2,
+                "evaluate-every": 2}
+    ref_coordinator, ref_history, _ = _run(tmp_path / "reference", [], **settings)
+    coordinator, history, _ = _run(tmp_path / "hostile", GRADIENT, **settings)
+    hostile_names = {f"partition-{HONEST + i}" for i in range(len(GRADIENT))}
+    for r in (1, 2):
+        refused = {e["client"]: e["reasons"] for e in history.rounds[r]["rejected"] if e["kind"] == "train"}
+        assert set(refused) == hostile_names, (r, sorted(hostile_names - set(refused)))
+        assert all(any("affinity" in x for x in reasons) for reasons in refused.values()), refused
+    measured = history.rounds[1]["affinity"]
+    assert measured["method"] == "gradients"
+    assert measured["matrix"] == ref_history.rounds[1]["affinity"]["matrix"]
+    assert "affinity" not in history.rounds[2] or not history.rounds[2]["affinity"]
+    assert coordinator.grouping() == ref_coordinator.grouping()
+    _same_models(coordinator, {g.gid: g.tensors() for g in ref_coordinator.groups})
