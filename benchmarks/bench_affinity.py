@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from client.training import _per_task_backward  # noqa: E402
 from strategies.affinity import (  # noqa: E402
-    CountSketch,
     TaskGradients,
     first_order_lookahead,
     gradient_cosine,

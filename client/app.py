@@ -15,10 +15,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.data import client_name, client_suite, local_tasks
+from client.timing import timing_mod
 from client.training import TrainConfig, evaluate_multitask, resolve_device, train_multitask
 from tasks import protocol as P
 
-app = ClientApp()
+app = ClientApp(mods=[timing_mod])  # records per-message timing only when FEDMTL_CLIENT_TIMING is set
 
 # One process trains with a bounded number of threads: several simulated clients share a machine.
 if torch.get_num_threads() > 4:

@@ -5,16 +5,38 @@ by `fedmtl prepare-data` or by the user). Simulated clients have only `partition
 `num-partitions`, so they cut their share out of the suite named in the message config.
 Either way the data never leaves the client; only its task names and counts are reported.
 A deployed client loads only suites it trusts (`client/trust.py`), checked before any import.
+
+A deployed client runs every message in a fresh process (Flower's isolation), so the folder is
+read once per message. Two things keep that cheap and safe:
+
+* `fedmtl client` validates the folder fully before it connects and hands the folder's
+  `folder_fingerprint` to its ClientApp processes (`VALIDATED_ENV`); a process whose folder
+  still has that fingerprint skips the checks that read every value (they were done), and any
+  change to the folder (a file rewritten, the manifest edited) means a full validation again.
+* Within one process the read folder is cached under its fingerprint, so a long-lived process
+  (a simulation's Ray actor, a test) re-reads a folder that changed instead of serving stale data.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
+from pathlib import Path
 
-from client.folder import read_client_dir
+from client.folder import (
+    MANIFEST,
+    check_against_suite,
+    folder_fingerprint,
+    read_client_dir,
+)
 from client.trust import check_suite_trusted
 from tasks.registry import load_suite
 from tasks.suite import Suite, TaskData
+
+#: Environment variable with `{"dir": <abs folder>, "fingerprint": <folder_fingerprint>}` of a
+#: folder `fedmtl client` validated before starting its SuperNode.
+VALIDATED_ENV = "FEDMTL_VALIDATED_DATA"
 
 
 @lru_cache(maxsize=8)
@@ -22,10 +44,38 @@ def _partition(suite: str, partition_id: int, num_partitions: int, seed: int, da
     return load_suite(suite).partition(partition_id, num_partitions, seed, data_root)
 
 
+def validated_fingerprint(data_dir: str) -> str:
+    """The fingerprint `fedmtl client` recorded for `data_dir` when it validated it, else ""."""
+    try:
+        info = json.loads(os.environ.get(VALIDATED_ENV, "") or "{}")
+    except json.JSONDecodeError:
+        return ""
+    if not isinstance(info, dict) or str(info.get("dir", "")) != str(Path(data_dir).resolve()):
+        return ""
+    return str(info.get("fingerprint", ""))
+
+
+def validated_env(data_dir: str | Path, fingerprint_before: str) -> dict[str, str]:
+    """`VALIDATED_ENV` for the ClientApp processes of a folder validated just now: only if its
+    fingerprint taken before the validation still holds (nothing changed while it was checked)."""
+    if not fingerprint_before or folder_fingerprint(data_dir) != fingerprint_before:
+        return {}
+    return {VALIDATED_ENV: json.dumps({"dir": str(Path(data_dir).resolve()), "fingerprint": fingerprint_before})}
+
+
 @lru_cache(maxsize=8)
+def _read(data_dir: str, fingerprint: str, validated: str) -> tuple[dict, dict[str, TaskData]]:
+    return read_client_dir(data_dir, validated=validated)
+
+
 def _folder(data_dir: str, suite: str = "") -> tuple[dict, dict[str, TaskData]]:
-    """Read and validate the folder; with a suite, also check its tasks and class counts against it."""
-    return read_client_dir(data_dir, suite=load_suite(suite) if suite else None)
+    """Read and validate the folder (cached by content fingerprint); with a suite, also check its
+    tasks and class counts against it."""
+    fingerprint = folder_fingerprint(data_dir)
+    manifest, tasks = _read(data_dir, fingerprint, validated_fingerprint(data_dir) if fingerprint else "")
+    if suite:
+        check_against_suite(manifest, load_suite(suite), Path(data_dir) / MANIFEST)
+    return manifest, tasks
 
 
 def client_suite(node_config: dict, suite: str) -> Suite:

@@ -13,7 +13,9 @@ here is cheap, one found mid-federation is not. Extra manifest keys are allowed 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -119,18 +121,45 @@ def prepare_client_dirs(
 # ----------------------------------------------------------------------------- reading
 
 
-def read_client_dir(directory: str | Path, suite: Suite | None = None) -> tuple[dict[str, Any], dict[str, TaskData]]:
+def folder_fingerprint(directory: str | Path) -> str:
+    """A cheap identity of the folder's current content: the manifest's bytes, and the size,
+    modification and change times and inode of every split file it lists (stat only, no read).
+
+    Any rewrite of a file changes its ctime, so a fingerprint that matches one taken when the
+    folder was validated means the same files, still valid. "" if the folder cannot be read.
+    """
+    directory = Path(directory).resolve()
+    digest = hashlib.sha256(str(directory).encode())
+    try:
+        raw = (directory / MANIFEST).read_bytes()
+        digest.update(raw)
+        tasks = json.loads(raw).get("tasks", {})
+        for task in sorted(tasks) if isinstance(tasks, dict) else []:
+            for split in SPLITS:
+                st = os.stat(directory / task / f"{split}.npz")
+                digest.update(f"{task}/{split}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}".encode())
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return digest.hexdigest()
+
+
+def read_client_dir(directory: str | Path, suite: Suite | None = None,
+                    validated: str = "") -> tuple[dict[str, Any], dict[str, TaskData]]:
     """Read and validate a client data folder: (manifest, {task: TaskData}).
 
     With `suite`, also checks that every task exists in it with the same number of classes.
-    Raises ClientDataError naming the file and the problem.
+    Raises ClientDataError naming the file and the problem. `validated` is the
+    `folder_fingerprint` the folder had when it was last fully validated: if it still matches
+    (before and after reading), the per-value checks of the arrays (NaN/inf, label range) are
+    skipped; structure, shapes, counts and the suite are always checked.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise ClientDataError(f"client data folder {directory} does not exist or is not a directory")
+    trusted = bool(validated) and folder_fingerprint(directory) == validated
     manifest = _read_manifest(directory / MANIFEST)
     if suite is not None:
-        _check_against_suite(manifest, suite, directory / MANIFEST)
+        check_against_suite(manifest, suite, directory / MANIFEST)
 
     tasks: dict[str, TaskData] = {}
     for task, info in manifest["tasks"].items():
@@ -141,7 +170,7 @@ def read_client_dir(directory: str | Path, suite: Suite | None = None) -> tuple[
         for split in SPLITS:
             path = task_dir / f"{split}.npz"
             x, y = _read_npz(path, task)
-            _check_arrays(x, y, info["num_classes"], where=f"{path} (task {task!r})")
+            _check_arrays(x, y, info["num_classes"], where=f"{path} (task {task!r})", values=not trusted)
             if len(y) != info[split]:
                 raise ClientDataError(
                     f"{path} (task {task!r}) holds {len(y)} examples but {directory / MANIFEST} says {split}={info[split]}"
@@ -150,6 +179,8 @@ def read_client_dir(directory: str | Path, suite: Suite | None = None) -> tuple[
         if info["train"] < 1:
             raise ClientDataError(f"{task_dir / 'train.npz'} (task {task!r}) has no training examples")
         tasks[task] = TaskData(arrays["train"][0], arrays["train"][1], arrays["test"][0], arrays["test"][1])
+    if trusted and folder_fingerprint(directory) != validated:  # changed while we read it: check everything
+        return read_client_dir(directory, suite)
     return manifest, tasks
 
 
@@ -183,7 +214,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_against_suite(manifest: dict[str, Any], suite: Suite, path: Path) -> None:
+def check_against_suite(manifest: dict[str, Any], suite: Suite, path: Path) -> None:
+    """Every task of the manifest exists in `suite` with the same number of classes."""
     for task, info in manifest["tasks"].items():
         if task not in suite.task_names:
             raise ClientDataError(f"{path}: task {task!r} is not in suite {suite.name!r} (tasks: {suite.task_names})")
@@ -209,14 +241,12 @@ def _read_npz(path: Path, task: str) -> tuple[np.ndarray, np.ndarray]:
         raise ClientDataError(f"{path} (task {task!r}) is not a readable .npz file: {exc}") from exc
 
 
-def _check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) -> None:
+def _check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str, values: bool = True) -> None:
     """The rules every split obeys: float inputs with no NaN/inf (or non-negative integer token ids),
-    1-D integer labels in range, equal lengths."""
+    1-D integer labels in range, equal lengths. `values=False` skips the checks that read every
+    value (label range, NaN/inf, negative token ids): for a folder already validated."""
     x, y = np.asarray(x), np.asarray(y)
-    if x.dtype in TOKEN_ID_DTYPES:
-        if x.size and x.min() < 0:
-            raise ClientDataError(f"{where}: x holds integer inputs (token ids) but some are negative (min {x.min()})")
-    elif not np.issubdtype(x.dtype, np.floating):
+    if x.dtype not in TOKEN_ID_DTYPES and not np.issubdtype(x.dtype, np.floating):
         raise ClientDataError(f"{where}: x has dtype {x.dtype}, expected float32 (scale raw pixels to floats first) "
                               "or int32/int64 token ids")
     if x.ndim < 2:
@@ -227,9 +257,13 @@ def _check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) ->
         raise ClientDataError(f"{where}: y has dtype {y.dtype}, expected int64 class indices")
     if len(x) != len(y):
         raise ClientDataError(f"{where}: x has {len(x)} examples but y has {len(y)} labels")
+    if not values:
+        return
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise ClientDataError(
             f"{where}: labels must be in [0, {num_classes - 1}] (num_classes={num_classes}), found min {y.min()} max {y.max()}"
         )
+    if x.dtype in TOKEN_ID_DTYPES and x.size and x.min() < 0:
+        raise ClientDataError(f"{where}: x holds integer inputs (token ids) but some are negative (min {x.min()})")
     if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
         raise ClientDataError(f"{where}: x contains {int((~np.isfinite(x)).sum())} NaN/inf values")

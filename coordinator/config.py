@@ -68,7 +68,7 @@ class RunConfig:
     affinity_pooling: str = "mean"  # across clients: mean (examples-weighted) | robust (median-norm clip + median)
     affinity_every: int = 10  # virtual-step: measure every k-th step
     affinity_batch_size: int = 0  # virtual-step: 0 = the training batch; larger = less noisy measurements
-    affinity_signal: str = "lookahead"
+    affinity_signal: str = "cosine"  # the split reads: cosine (default: steadiest on planted suites) or lookahead (TAG)
     affinity_monitor: bool = False  # also measure in rounds no split reads (any mode)
     affinity_average: str = "mean"  # over measured rounds: mean (MAS), window (last N) or ema
     affinity_window: int = 5

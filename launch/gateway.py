@@ -27,6 +27,15 @@ else gets a bare 404 and a log line. SuperNode authentication is untouched:
 the signed headers (public key, timestamp, signature) and the body are passed
 through unchanged and verified by the SuperLink itself.
 
+Long-polling ``pull-messages``
+------------------------------
+An idle ``flower-supernode`` sleeps a hard-coded 3 s after every pull that
+found no message; the gateway holds such pulls open until a message is there
+(``launch/gateway_hold.py``), so a new message reaches its client within
+``pull_poll_s`` instead of 0-3 s later, and holds a ``pull-object`` for an
+object not uploaded yet instead of letting the SuperNode back off 1-4 s.
+``pull_hold_s=0`` turns both off.
+
 Run it as a process::
 
     python -m launch.gateway --listen 0.0.0.0:9092 \\
@@ -68,17 +77,23 @@ from launch.gateway_auth import (
     AuthorizedKeys,
     check_signed_headers,
 )
+from launch.gateway_hold import (
+    DEFAULT_PULL_HOLD_S,
+    DEFAULT_PULL_POLL_S,
+    HELD_ROUTES,
+    PullHolder,
+)
 from launch.gateway_limits import GatewayLimits, InFlight, RefusalLog
 
 __all__ = [
     "FLEET_ROUTES",
+    "FleetGateway",
     "GatewayConfig",
     "GatewayLimits",
-    "FleetGateway",
-    "parse_hostport",
     "gateway_command",
-    "serve",
     "main",
+    "parse_hostport",
+    "serve",
 ]
 
 LOG = logging.getLogger("fedmtl.fleet_gateway")
@@ -139,6 +154,7 @@ _REGISTRATION_DISABLED = (412, {"code": 2001, "detail": "SuperNode authenticatio
 _UNAUTHENTICATED = (401, {"detail": "Invalid SuperNode authentication"})
 
 
+
 def parse_hostport(value: str) -> tuple[str, int]:
     """``"HOST:PORT"`` or ``"[V6]:PORT"`` -> ``(host, port)``; ValueError if bad."""
     v = value.strip()
@@ -192,10 +208,17 @@ class GatewayConfig:
     insecure: bool = False
     authorized_keys: str | None = None
     limits: GatewayLimits = field(default_factory=GatewayLimits)
+    pull_hold_s: float = DEFAULT_PULL_HOLD_S
+    pull_poll_s: float = DEFAULT_PULL_POLL_S
 
     def validate(self) -> None:
         """Raise ValueError with a readable reason if unusable."""
         parse_hostport(self.listen)
+        if not 0 <= self.pull_hold_s <= 25:
+            raise ValueError(f"pull hold {self.pull_hold_s} s: must be between 0 (off) and 25 s "
+                             "(the SuperNode gives up on a request after 30 s)")
+        if not 0.01 <= self.pull_poll_s <= 5:
+            raise ValueError(f"pull poll interval {self.pull_poll_s} s: must be between 0.01 and 5 s")
         uh, _ = parse_hostport(self.upstream)
         if self.insecure and self.authorized_keys:
             raise ValueError("--authorized-keys needs TLS: SuperNode signatures are only sent over TLS")
@@ -280,6 +303,9 @@ class FleetGateway:
         self.keys = AuthorizedKeys(config.authorized_keys) if config.authorized_keys else None
         self._client: httpx.AsyncClient | None = None
         self.forwarded = 0
+        self.holder = PullHolder(config.pull_hold_s, config.pull_poll_s,
+                                 max_held=max(1, self.limits.max_requests // 2),
+                                 max_held_per_peer=max(1, self.limits.max_requests_per_peer // 2))
         self.largest: dict[str, int] = {}
 
     @property
@@ -377,6 +403,9 @@ class FleetGateway:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
+                LOG.info("held pulls: %d message pulls and %d object pulls answered after holding them, "
+                         "%d not held (limit reached)", self.holder.held, self.holder.held_objects,
+                         self.holder.not_held)
                 if self._client is not None:
                     await self._client.aclose()
                 self.refusals.flush()
@@ -459,6 +488,9 @@ class FleetGateway:
         state: dict[str, Any] = {"received": 0}
         # Forward the canonical (decoded, allow-listed) path and no query
         # string: Flower's Fleet routes take none, and nothing else can ride along.
+        if path in HELD_ROUTES and self.holder.enabled:
+            await self._forward_held(receive, send, peer, what, path, headers, declared, limit, key_name)
+            return
         try:
             req = self._client.build_request("POST", path, headers=headers,
                                              content=self._body(receive, path, declared, limit, state))
@@ -471,29 +503,12 @@ class FleetGateway:
                 self.refusals.refused(peer, what, error.reason)
                 await _plain(send, error.status, f"{error.reason}\n".encode())
                 return
-            if isinstance(exc, httpx.TimeoutException):
-                LOG.error("SuperLink timed out on %s from %s: %s", path, peer, exc)
-                await _plain(send, 504, b"Upstream timeout\n")
-                return
             if not isinstance(exc, httpx.HTTPError):
                 raise
-            # 502 is retryable for flower-supernode: it keeps trying while the
-            # SuperLink restarts instead of giving up.
-            if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "SSL" in str(exc):
-                LOG.error(
-                    "TLS verification of the SuperLink at %s failed: %s (the "
-                    "SuperLink certificate needs a SAN for that address and must be "
-                    "signed by --upstream-ca-certfile; SuperNodes keep retrying)",
-                    self.config.upstream, exc,
-                )
-            else:
-                LOG.error("SuperLink unreachable (%s): %s", self.config.upstream, exc)
-            await _plain(send, 502, b"SuperLink unreachable\n")
+            await self._upstream_failed(send, path, peer, exc)
             return
         try:
-            if resp.status_code in (400, 401, 403, 412, 413):
-                who = f"{peer}" + (f" (key {key_name})" if key_name else "")
-                LOG.warning("SuperLink refused %s from %s: HTTP %d", what, who, resp.status_code)
+            self._note_refusal(resp.status_code, what, peer, key_name)
             out_headers = [
                 (k.lower(), v)
                 for k, v in resp.headers.raw
@@ -512,6 +527,66 @@ class FleetGateway:
             LOG.error("Error relaying response for %s to %s: %s", path, peer, exc)
         finally:
             await resp.aclose()
+
+
+    async def _forward_held(self, receive: Any, send: Any, peer: str, what: str, path: str,
+                            headers: list[tuple[bytes, bytes]], declared: int | None, limit: int,
+                            key_name: str | None) -> None:
+        """A pull the SuperLink may answer "nothing yet": read its (small) body whole, then let
+        the `PullHolder` re-send it until there is something (`launch/gateway_hold.py`)."""
+        state: dict[str, Any] = {"received": 0}
+        try:
+            body = b"".join([chunk async for chunk in self._body(receive, path, declared, limit, state)])
+        except _ClientGone:
+            return
+        except _Refused as error:
+            self.refusals.refused(peer, what, error.reason)
+            await _plain(send, error.status, f"{error.reason}\n".encode())
+            return
+        try:
+            answer = await self.holder.pull(self._client, path, headers, body, receive, peer)  # type: ignore[arg-type]
+        except httpx.HTTPError as exc:
+            await self._upstream_failed(send, path, peer, exc)
+            return
+        if answer is None:  # the SuperNode went away while its pull was held
+            return
+        status, raw_headers, raw = answer
+        self._note_refusal(status, what, peer, key_name)
+        out_headers = [(k.lower(), v) for k, v in raw_headers
+                       if k.lower().decode("latin-1") not in _RESP_DROP | {"content-length"}]
+        out_headers.append((b"content-length", str(len(raw)).encode()))
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": out_headers})
+            await send({"type": "http.response.body", "body": raw, "more_body": False})
+        except OSError as exc:
+            LOG.error("Error relaying response for %s to %s: %s", path, peer, exc)
+            return
+        self.forwarded += 1
+        self.largest[path] = max(self.largest.get(path, 0), len(body))
+
+    @staticmethod
+    def _note_refusal(status: int, what: str, peer: str, key_name: str | None) -> None:
+        if status in (400, 401, 403, 412, 413):
+            who = f"{peer}" + (f" (key {key_name})" if key_name else "")
+            LOG.warning("SuperLink refused %s from %s: HTTP %d", what, who, status)
+
+    async def _upstream_failed(self, send: Any, path: str, peer: str, exc: httpx.HTTPError) -> None:
+        """Answer a request the SuperLink did not answer: 504 on a timeout, else 502 (which
+        `flower-supernode` retries: it keeps trying while the SuperLink restarts)."""
+        if isinstance(exc, httpx.TimeoutException):
+            LOG.error("SuperLink timed out on %s from %s: %s", path, peer, exc)
+            await _plain(send, 504, b"Upstream timeout\n")
+            return
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "SSL" in str(exc):
+            LOG.error(
+                "TLS verification of the SuperLink at %s failed: %s (the "
+                "SuperLink certificate needs a SAN for that address and must be "
+                "signed by --upstream-ca-certfile; SuperNodes keep retrying)",
+                self.config.upstream, exc,
+            )
+        else:
+            LOG.error("SuperLink unreachable (%s): %s", self.config.upstream, exc)
+        await _plain(send, 502, b"SuperLink unreachable\n")
 
 
 async def _plain(send: Any, status: int, body: bytes, retry_after: bool = False) -> None:
@@ -619,6 +694,10 @@ def gateway_command(config: GatewayConfig, python: str | None = None) -> list[st
         value = getattr(config.limits, f.name)
         if value != getattr(defaults, f.name):
             cmd += [_limit_flag(f.name), f"{value:g}" if isinstance(value, float) else str(value)]
+    if config.pull_hold_s != DEFAULT_PULL_HOLD_S:
+        cmd += ["--pull-hold", f"{config.pull_hold_s:g}"]
+    if config.pull_poll_s != DEFAULT_PULL_POLL_S:
+        cmd += ["--pull-poll", f"{config.pull_poll_s:g}"]
     return cmd
 
 
@@ -661,6 +740,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         kind = float if isinstance(getattr(defaults, f.name), float) else int
         p.add_argument(_limit_flag(f.name), dest=f.name, type=kind, default=None,
                        help=f"{_LIMIT_HELP.get(f.name, f.name)} (default {getattr(defaults, f.name)})")
+    p.add_argument("--pull-hold", type=float, default=DEFAULT_PULL_HOLD_S, metavar="S",
+                   help="hold an empty pull-messages open up to S seconds until a message arrives "
+                        f"(default {DEFAULT_PULL_HOLD_S:g}; 0 = plain forwarding: SuperNodes poll every 3 s)")
+    p.add_argument("--pull-poll", type=float, default=DEFAULT_PULL_POLL_S, metavar="S",
+                   help=f"while holding, ask the SuperLink again every S seconds (default {DEFAULT_PULL_POLL_S:g})")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     logging.basicConfig(
@@ -684,6 +768,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         insecure=a.insecure,
         authorized_keys=a.authorized_keys,
         limits=limits,
+        pull_hold_s=a.pull_hold,
+        pull_poll_s=a.pull_poll,
     )
     if cfg.insecure:
         LOG.warning(

@@ -40,7 +40,7 @@ from coordinator.client_registry import REGISTRY_FILE, registry_from_registered,
 from launch import simulation as launcher
 from launch.bundle import staged_app
 from launch.flwr_cli import FlwrCli, FlwrCliError, SuperLinkConnection
-from launch.gateway import GatewayConfig, GatewayLimits, gateway_command, parse_hostport
+from launch.gateway import DEFAULT_PULL_HOLD_S, GatewayConfig, GatewayLimits, gateway_command, parse_hostport
 from launch.processes import ENV_TAG, log_tail, process_start_time
 from launch.security import (
     CA_CERT_NAME,
@@ -54,7 +54,13 @@ from launch.security import (
 )
 from launch.simulation import SimulationFailed
 from launch.superlink import SuperLinkConfig, SuperLinkProcess, TlsFiles, child_env
-from launch.supernode import LogFollower, SuperNodeConfig, SuperNodeProcess, classify_supernode_output
+from launch.supernode import (
+    TASK_POLL_ENV,
+    LogFollower,
+    SuperNodeConfig,
+    SuperNodeProcess,
+    classify_supernode_output,
+)
 
 __all__ = [
     "AUTHORIZED_KEYS_DIR",
@@ -282,6 +288,7 @@ class CoordinatorSettings:
     authorized_keys: Path | None = None  # default run_dir/authorized_keys
     superlink_port: int | None = None  # internal, loopback only; None = free port
     gateway_limits: GatewayLimits | None = None  # None = the gateway's defaults (launch/gateway_limits.py)
+    pull_hold_s: float = DEFAULT_PULL_HOLD_S  # the gateway holds empty pulls (0: SuperNodes poll every 3 s)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
@@ -340,6 +347,7 @@ class CoordinatorService:
             run_dir=s.run_dir, host="127.0.0.1", port=s.superlink_port,
             tls=None if s.insecure else s.tls_files(), enable_supernode_auth=not s.insecure,
             database=s.run_dir / "state.db", flwr_home=s.run_dir / "flwr_home",
+            env={TASK_POLL_ENV: "0.2"},  # its SuperExec starts the ServerApp within 0.2 s, not 1 s
         ))
         self.gateway: GatewayProcess | None = None
         self.cli: FlwrCli | None = None
@@ -363,7 +371,8 @@ class CoordinatorService:
                           upstream_ca_certfile=str(tls.ca_certfile) if tls else None,
                           # refuse, before reading any body, requests not signed by an accepted key
                           authorized_keys=None if s.insecure else str(s.authorized_keys),
-                          limits=s.gateway_limits or GatewayLimits()),
+                          limits=s.gateway_limits or GatewayLimits(),
+                          pull_hold_s=s.pull_hold_s),
             s.run_dir / "gateway.log", self.link.tag)
         self.gateway.start()
         self.cli = FlwrCli(self.link.flwr_home, self.link.connection(CONNECTION_NAME), env={ENV_TAG: self.link.tag})

@@ -198,11 +198,14 @@ class SimulationResources:
     """Ray resources of a simulation.
 
     `num_cpus_per_client` / `num_gpus_per_client`: what each simulated ClientApp reserves (Ray
-    runs `total / per-client` of them at a time). `ray_address=None` starts a fresh private Ray
-    for the run (`RAY_ADDRESS=local`); `"HOST:PORT"` joins an existing cluster (`ray start
-    --head`): the ClientApp code is then imported from this machine's FAB copy by path, so its
-    workers must share this file system (a single-host cluster). `ray_num_cpus`/`ray_num_gpus`
-    cap a private Ray instance (default: all of this machine).
+    runs `total / per-client` of them at a time; Ray hides GPUs from a client that reserves
+    none). `ray_address=None` starts a fresh private Ray for the run (`RAY_ADDRESS=local`);
+    `"HOST:PORT"` joins an existing cluster (`ray start --head` plus `ray start --address` on
+    other nodes), whose nodes all run clients: this process must run on a node of the cluster,
+    and every node needs the same Python, Ray, flwr and fedmtl installed. A client on another
+    node imports the app from this machine's FAB copy where that path exists (a shared file
+    system), else from the fedmtl installed there. `ray_num_cpus`/`ray_num_gpus` cap a private
+    Ray instance (default: all of this machine). See docs/deployment.md, "Simulation on your own Ray cluster".
 
     Flower 1.41 carries the per-client CPU count as an integer. A fractional value is emulated
     on a private Ray: each client reserves 1 logical CPU and Ray is told it has

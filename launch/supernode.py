@@ -5,6 +5,11 @@
 * `SuperNodeProcess` runs `flower-supernode` for one client (its node config in a TOML file:
   `data-dir`, `name`), with everything it starts in its `ProcessFamily` and a reaper that kills
   them if the client is SIGKILLed.
+* Its ClientApps run either through fedmtl's fork server (`executor="fork"`, the default:
+  `flower-supernode --isolation process` plus `launch/clientapp_forkserver.py`, which forks a
+  pre-imported process per message) or through Flower's own SuperExec (`executor="flower"`: a
+  fresh `flwr-clientapp` process, importing torch again, per message). See docs/deployment.md,
+  "Round latency", for what each costs.
 * Its output goes to a log file (not a pipe: see docs/security.md), read with `LogFollower`,
   and `classify_supernode_output` turns Flower's refusal messages into one clear line.
 
@@ -15,8 +20,10 @@ on loopback and across network namespaces (tests/test_deployment.py).
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -33,11 +40,26 @@ from launch.processes import ENV_TAG, ProcessFamily, free_port, spawn_reaper
 from launch.superlink import child_env, flower_bin_dir
 
 __all__ = [
+    "EXECUTORS",
+    "FORKSERVER",
     "LogFollower",
     "SuperNodeConfig",
     "SuperNodeProcess",
     "classify_supernode_output",
 ]
+
+
+#: How a client runs its ClientApps: fedmtl's fork server, or Flower's SuperExec.
+EXECUTORS = ("fork", "flower")
+#: The fork server's script (run by path: it must not import fedmtl's packages, see its docstring).
+FORKSERVER = Path(__file__).resolve().with_name("clientapp_forkserver.py")
+#: How often a dead fork server is replaced (`SuperNodeProcess.revive_executor`) before the
+#: client gives up: a fork server that keeps dying has a cause a restart does not fix.
+MAX_EXECUTOR_RESTARTS = 3
+#: The fork server's task poll (seconds) unless set: it is woken at once by the SuperNode's log.
+FORK_TASK_POLL_S = 0.5
+#: Flower's SuperExec task poll interval (seconds; Flower's default is 1.0).
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,6 +172,13 @@ class SuperNodeConfig:
     for ever otherwise). `allow_suites` go to the ClientApp in the node config (`allow-suites`,
     see `client/trust.py`); `trusted_entities` is passed to `flower-supernode --trusted-entities`;
     with `app_hashes`, every ClientApp process first checks the bundle's SHA-256 against them.
+
+    `executor="fork"` runs ClientApps through `launch/clientapp_forkserver.py` (modules in
+    `preload` imported once; its Runtime API calls signed with a per-client secret);
+    `executor="flower"` through Flower's own SuperExec. `task_poll_s` is how often either polls
+    the SuperNode for a new ClientApp task; None: the executor's default (the fork server:
+    `FORK_TASK_POLL_S`, as it also asks at once when the SuperNode's log shows a message received;
+    Flower's SuperExec: its own 1 s).
     """
 
     superlink: str
@@ -166,10 +195,19 @@ class SuperNodeConfig:
     app_hashes: Sequence[str] = ()  # run only app bundles with these SHA-256 (launch/pinned_clientapp.py)
     env: dict[str, str] = field(default_factory=dict)
     extra_args: Sequence[str] = ()
+    executor: str = "fork"
+    preload: Sequence[str] = ("numpy", "torch", "torch.optim", "torch._dynamo")
+    task_poll_s: float | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
         self.work_dir = Path(self.work_dir).resolve()
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor={self.executor!r}: must be one of {EXECUTORS}")
+        if self.executor == "fork" and not hasattr(os, "fork"):
+            raise ValueError("executor='fork' needs os.fork (Linux, macOS): use executor='flower' here")
+        if self.task_poll_s is not None and not 0.01 <= self.task_poll_s <= 60:
+            raise ValueError(f"task_poll_s={self.task_poll_s}: must be between 0.01 and 60 seconds (Flower's range)")
         if self.insecure and self.private_key is not None:
             raise ValueError("client authentication needs TLS: do not combine --insecure with --key")
         if not self.insecure and self.private_key is None:
@@ -177,16 +215,21 @@ class SuperNodeConfig:
 
 
 class SuperNodeProcess:
-    """One `flower-supernode` child with everything it starts (SuperExec, ClientApp processes)."""
+    """One `flower-supernode` child with everything it starts (SuperExec or the fork server, and
+    the ClientApp processes)."""
 
     def __init__(self, config: SuperNodeConfig) -> None:
         self.config = config
         self.tag = uuid.uuid4().hex
         self.family = ProcessFamily(self.tag)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.executor_proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = config.runtime_port
         self.log_path = config.work_dir / "supernode.log"
         self.node_config_path = config.work_dir / "node-config.toml"
+        self.secret_path = config.work_dir / "superexec.secret"
+        self.executor_restarts = 0
+        self._log_offset = 0
         self._reaper: subprocess.Popen[bytes] | None = None
 
     @property
@@ -206,6 +249,8 @@ class SuperNodeProcess:
             if cfg.root_certificates is not None:
                 cmd += ["--root-certificates", str(Path(cfg.root_certificates).resolve())]
             cmd += ["--auth-supernode-private-key", str(Path(cfg.private_key).resolve())]  # type: ignore[arg-type]
+        if cfg.executor == "fork":
+            cmd += ["--isolation", "process", "--superexec-auth-secret-file", str(self.secret_path)]
         return cmd + list(cfg.extra_args)
 
     def node_config(self) -> dict[str, str]:
@@ -216,8 +261,22 @@ class SuperNodeProcess:
             out[ALLOW_SUITES_KEY] = encode_allowed(cfg.allow_suites)
         return out
 
+    def executor_command(self, supernode_pid: int, log_offset: int = 0) -> list[str]:
+        """The fork server's command line (executor="fork"); `log_offset`: where this SuperNode's
+        output starts in its log file."""
+        cfg = self.config
+        cmd = [sys.executable, str(FORKSERVER), "--runtime-api-address", f"127.0.0.1:{self.port}",
+               "--parent-pid", str(supernode_pid), "--preload", ",".join(cfg.preload),
+               "--superexec-auth-secret-file", str(self.secret_path), "--supernode-log", str(self.log_path),
+               "--supernode-log-offset", str(log_offset)]
+        cmd += ["--poll-interval", f"{FORK_TASK_POLL_S if cfg.task_poll_s is None else cfg.task_poll_s:g}"]
+        return cmd
+
     def env(self) -> dict[str, str]:
-        env = child_env({"FLWR_HOME": str(self.flwr_home), ENV_TAG: self.tag, **self.config.env})
+        extra = {"FLWR_HOME": str(self.flwr_home), ENV_TAG: self.tag}
+        if self.config.task_poll_s is not None and self.config.executor == "flower":
+            extra[TASK_POLL_ENV] = f"{self.config.task_poll_s:g}"
+        env = child_env({**extra, **self.config.env})
         for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
             env.pop(k, None)  # the coordinator is dialled directly
         if self.config.app_hashes:
@@ -237,23 +296,75 @@ class SuperNodeProcess:
             write_shim(self.shim_dir)
         if self.port is None:
             self.port = free_port("127.0.0.1")
+        if cfg.executor == "fork":  # a fresh secret per start: only our fork server may take this node's tasks
+            fd = os.open(self.secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(32).hex().encode())
+        env = self.env()
         with open(self.log_path, "ab") as log:
             log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
             log.flush()
+            self._log_offset = log.tell()
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=self.env(), cwd=str(cfg.work_dir),
+                                         stderr=subprocess.STDOUT, env=env, cwd=str(cfg.work_dir),
                                          start_new_session=True)
         self._reaper = spawn_reaper(self.tag)  # kills the SuperNode if we are SIGKILLed
+        if cfg.executor == "fork":
+            self._start_executor(env)
         return self
 
+    def _start_executor(self, env: dict[str, str] | None = None) -> None:
+        assert self.proc is not None
+        cmd = self.executor_command(self.proc.pid, self._log_offset)
+        with open(self.log_path, "ab") as log:
+            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+            log.flush()
+            self.executor_proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                                  stderr=subprocess.STDOUT, env=env or self.env(),
+                                                  cwd=str(self.config.work_dir), start_new_session=True)
+
+    def revive_executor(self) -> str | None:
+        """If the fork server died while its SuperNode still runs, start a new one (at most
+        `MAX_EXECUTOR_RESTARTS` times per SuperNode start) and say so; else None. Tasks it was
+        running fail (each child watches it and reports a failed task, so the coordinator gets
+        an error reply instead of waiting); tasks not started yet wait in the SuperNode and the
+        new fork server runs them."""
+        ex = self.executor_proc
+        if self.config.executor != "fork" or ex is None or ex.poll() is None:
+            return None
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        if self.executor_restarts >= MAX_EXECUTOR_RESTARTS:
+            return None
+        self.executor_restarts += 1
+        status = ex.returncode
+        self._start_executor()
+        return (f"the ClientApp fork server exited (status {status}); started a new one "
+                f"({self.executor_restarts} of at most {MAX_EXECUTOR_RESTARTS} restarts)")
+
     def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """The SuperNode and (executor="fork") its fork server are alive: without the fork server
+        the SuperNode would wait for ever for someone to run its ClientApps."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        return self.config.executor != "fork" or (self.executor_proc is not None and self.executor_proc.poll() is None)
+
+    def exit_description(self) -> str:
+        """Which process ended, with its status (for error messages)."""
+        parts = []
+        if self.proc is not None and self.proc.poll() is not None:
+            parts.append(f"the SuperNode exited (status {self.proc.returncode})")
+        if self.executor_proc is not None and self.executor_proc.poll() is not None:
+            restarts = f" after {self.executor_restarts} restart(s)" if self.executor_restarts else ""
+            parts.append(f"the ClientApp fork server exited (status {self.executor_proc.returncode}){restarts}; "
+                         "its last lines are in the log below (or run with --executor flower)")
+        return "; ".join(parts) or "the SuperNode stopped"
 
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM (the SuperNode leaves the federation cleanly), then kill its whole family."""
         proc = self.proc
         if proc is not None:
-            self.family.scan([proc.pid])
+            self.family.scan([proc.pid] + ([self.executor_proc.pid] if self.executor_proc is not None else []))
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate()
@@ -264,6 +375,14 @@ class SuperNodeProcess:
                 proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=2)
+        executor, self.executor_proc = self.executor_proc, None
+        if executor is not None:
+            if executor.poll() is None:  # normally gone with its SuperNode; the family kill covers the rest
+                self.family.kill([executor.pid], term_wait_s=2.0)
+                with contextlib.suppress(ProcessLookupError):
+                    executor.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                executor.wait(timeout=2)
         self.proc = None
         if self._reaper is not None:
             with contextlib.suppress(ProcessLookupError):

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+import importlib.machinery
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +48,13 @@ def resolve_data_root(data_root: str) -> Path:
     """The directory holding the project's data files: `data_root`, or the package's own `tasks/data`.
 
     Deployed Flower apps may run from an unpacked copy without data files, so the coordinator
-    passes an absolute root; it must exist when given.
+    passes an absolute root; it must exist when given. Without one (e.g. the nodes of a Ray
+    cluster, where the driver's paths need not exist), the first importable copy of this
+    package that has its data files is used: the running copy, else the installed one.
     """
     if not data_root:
-        return PACKAGE_DATA_ROOT
+        return next((root for root in _package_data_roots() if (root / FASHION_SAMPLE_FILES[0]).is_file()),
+                    PACKAGE_DATA_ROOT)
     root = Path(data_root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
@@ -57,6 +62,22 @@ def resolve_data_root(data_root: str) -> Path:
             f"{FASHION_SAMPLE_FILES[0]!r}; leave data-root empty to use the package's {PACKAGE_DATA_ROOT})"
         )
     return root
+
+
+def _package_data_roots() -> list[Path]:
+    """`tasks/data` of this copy, then of every other copy of the `tasks` package Python could import:
+    on `sys.path` (a regular install) or through an import hook (an editable install)."""
+    roots = [PACKAGE_DATA_ROOT] + [Path(entry or ".") / "tasks" / "data" for entry in sys.path]
+    for finder in sys.meta_path:
+        if finder is importlib.machinery.PathFinder or not hasattr(finder, "find_spec"):
+            continue
+        try:
+            spec = finder.find_spec("tasks", None)
+        except Exception:  # noqa: BLE001 - a foreign import hook
+            continue
+        for location in (spec.submodule_search_locations or []) if spec is not None else []:
+            roots.append(Path(location) / "data")
+    return roots
 
 
 def read_idx(path: Path) -> np.ndarray:

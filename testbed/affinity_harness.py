@@ -17,7 +17,6 @@ through-the-loop tests that want the same planted cases (`planted_case`).
 
 from __future__ import annotations
 
-import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Mapping

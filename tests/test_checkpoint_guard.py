@@ -71,7 +71,7 @@ def test_checkpoint_compatibility_names_the_keys() -> None:
     assert [p.split(":")[0] for p in got] == ["seed", "mode", "split-round"], got
     assert got[1] == "mode: 'mas' in the checkpoint, 'dynamic' now"
     assert [p.split(":")[0] for p in checkpoint_compatibility(base, {**base, "max-groups": 3,
-                                                                     "affinity-signal": "cosine"})] == \
+                                                                     "affinity-signal": "lookahead"})] == \
         ["max-groups", "affinity-signal"]
     # settings a mode does not use may change
     aio = _config(mode="all-in-one")

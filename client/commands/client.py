@@ -21,11 +21,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from client.folder import ClientDataError, read_client_dir
+from client.data import validated_env
+from client.folder import ClientDataError, folder_fingerprint, read_client_dir
 from common.signals import install_stop_handlers
 from launch.gateway import parse_hostport
 from launch.service import insecure_banner
-from launch.supernode import LogFollower, SuperNodeConfig, SuperNodeProcess, classify_supernode_output
+from launch.supernode import (
+    EXECUTORS,
+    LogFollower,
+    SuperNodeConfig,
+    SuperNodeProcess,
+    classify_supernode_output,
+)
 
 #: SuperNode lines that tell nothing on a console (shown with --verbose only).
 _NOISE = tuple(re.compile(p) for p in (
@@ -59,6 +66,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="loopback port of the SuperNode's local Runtime API (default: a free one)")
     p.add_argument("--work-dir", type=Path, default=None,
                    help="Flower home and SuperNode log (default: a temporary folder, removed at exit)")
+    p.add_argument("--executor", choices=EXECUTORS, default="fork",
+                   help="how ClientApps run: 'fork' (default) forks each message's process from one that imported "
+                        "torch once; 'flower' uses Flower's SuperExec, a fresh process importing everything per "
+                        "message (3-5 s more per message)")
+    p.add_argument("--task-poll", type=float, default=None, metavar="S",
+                   help="how often the executor asks the SuperNode for a new message to run (default: 0.5 s for "
+                        "'fork', which also asks as soon as the SuperNode has received a message; 0.05 s for "
+                        "'flower', whose own default is 1 s)")
     p.add_argument("--allow-suite", action="append", default=[], metavar="SPEC",
                    help="also run this suite when a run config names it ('module:function' or "
                         "'file.py:function'; repeatable). Without it only built-in suites and suites "
@@ -219,10 +234,18 @@ def _app_hashes(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _task_poll(args: argparse.Namespace) -> float | None:
+    """--task-poll, or the executor's default: the fork server's own, 0.05 s for Flower's SuperExec."""
+    if args.task_poll is not None or args.executor == "fork":
+        return args.task_poll
+    return 0.05
+
+
 def run(args: argparse.Namespace) -> int:
     if args.print_app_hash:
         print(installed_app_hash())
         return 0
+    fingerprint = folder_fingerprint(args.data)  # before validating: see client/data.py
     name, _manifest, tasks = check(args)
     app_hashes = _app_hashes(args)
     if args.insecure:
@@ -249,7 +272,8 @@ def run(args: argparse.Namespace) -> int:
     node = SuperNodeProcess(SuperNodeConfig(
         superlink=args.coordinator, data_dir=args.data, name=name, work_dir=work_dir,
         private_key=None if args.insecure else args.key, root_certificates=args.ca, insecure=args.insecure,
-        max_wait_s=args.max_wait, runtime_port=args.runtime_port, allow_suites=tuple(args.allow_suite),
+        max_wait_s=args.max_wait, runtime_port=args.runtime_port, executor=args.executor,
+        task_poll_s=_task_poll(args), env=validated_env(args.data, fingerprint), allow_suites=tuple(args.allow_suite),
         trusted_entities=args.trusted_entities, app_hashes=tuple(app_hashes),
     ))
     restore_signals = install_stop_handlers()  # SIGTERM and SIGINT stop the client like Ctrl-C
@@ -275,9 +299,14 @@ def _watch(node: SuperNodeProcess, follower: LogFollower, args: argparse.Namespa
     recent: list[str] = []
     key = str(args.key) if args.key else None
     t0 = time.monotonic()
+    checked = t0
     while True:
         line = follower.get(timeout=0.5)
-        if line is None:
+        if line is None or time.monotonic() - checked > 2.0:
+            checked = time.monotonic()
+            revived = node.revive_executor()
+            if revived is not None:
+                _say(f"fedmtl client: {revived}")
             if not node.is_running():
                 lines = follower.drain()
                 for ln in lines:
@@ -285,9 +314,9 @@ def _watch(node: SuperNodeProcess, follower: LogFollower, args: argparse.Namespa
                 recent += lines
                 text = "\n".join(recent)
                 why = classify_supernode_output(text, args.coordinator, connected=connected, key=key)
-                code = node.proc.returncode if node.proc is not None else None
-                return _fail(why or f"the SuperNode exited (status {code}); its last lines:\n" + "\n".join(recent[-15:]))
-            continue
+                return _fail(why or f"{node.exit_description()}; its last lines:\n" + "\n".join(recent[-15:]))
+            if line is None:
+                continue
         recent = (recent + [line])[-200:]
         _relay(line, args)
         why = None

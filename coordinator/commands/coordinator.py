@@ -42,6 +42,7 @@ from launch.service import (
     client_registry_path,
     insecure_banner,
 )
+from launch.gateway import DEFAULT_PULL_HOLD_S
 from launch.simulation import check_fab
 from launch.superlink import SuperLinkError
 from tasks.registry import builtin_data_root
@@ -73,6 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="NO TLS and NO client authentication (trusted test networks only; loud warning)")
     p.add_argument("--superlink-port", type=int, default=None,
                    help="loopback port of the internal SuperLink (default: a free one)")
+    p.add_argument("--pull-hold", type=float, default=None, metavar="S",
+                   help=f"the gateway holds a client's empty message poll open up to S seconds, so a new message "
+                        f"reaches it at once (default {DEFAULT_PULL_HOLD_S:g}; 0 = off: Flower's clients then "
+                        "look for messages only every 3 s)")
     p.add_argument("--timeout", type=float, default=None, help="stop the run after this many seconds")
     add_dashboard_options(p)
     add_output_options(p)
@@ -131,6 +136,7 @@ def build(args: argparse.Namespace) -> tuple[CoordinatorSettings, dict[str, Any]
         run_dir=run_dir, host=str(pick("host", DEFAULT_HOST)), port=int(pick("port", DEFAULT_PORT)),
         tls_dir=Path(tls_dir) if tls_dir else None, insecure=insecure,
         authorized_keys=Path(keys) if keys else None, superlink_port=args.superlink_port,
+        pull_hold_s=float(pick("pull_hold", DEFAULT_PULL_HOLD_S)),
     )
     return settings, config
 
@@ -141,7 +147,8 @@ def _save(settings: CoordinatorSettings, config: dict[str, Any]) -> None:
     (run_dir / RUN_CONFIG_FILE).write_text(tomli_w.dumps(saved))
     (run_dir / SETTINGS_FILE).write_text(json.dumps({
         "host": settings.host, "port": settings.port, "insecure": settings.insecure,
-        "tls_dir": str(settings.tls_dir), "authorized_keys": str(settings.authorized_keys)}, indent=1) + "\n")
+        "tls_dir": str(settings.tls_dir), "authorized_keys": str(settings.authorized_keys),
+        "pull_hold": settings.pull_hold_s}, indent=1) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:

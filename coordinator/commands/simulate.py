@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clients", type=int, default=6, help="number of simulated clients (SuperNodes), default 6")
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPU cores reserved per simulated client, default 1")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per simulated client (e.g. 0.25), default 0")
-    p.add_argument("--ray-address", default=None, help="run on an existing Ray cluster (HOST:PORT) instead of a private one")
+    p.add_argument("--ray-address", default=None,
+                   help="run the clients on an existing Ray cluster (the head's HOST:PORT, from `ray start --head`; "
+                        "run this command on a node of that cluster) instead of a private Ray on this machine")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     add_dashboard_options(p)
     add_output_options(p)
@@ -49,7 +51,11 @@ def app_dir() -> Path:
 def run(args: argparse.Namespace) -> int:
     if args.clients < 1:
         raise ValueError(f"--clients = {args.clients}: must be >= 1")
-    defaults = dict(DEFAULTS, **{"data-root": builtin_data_root()})
+    # On a private Ray every client runs here: point them at this copy's data. On a cluster the
+    # clients run on other nodes, where this machine's paths need not exist: each node then finds
+    # the built-in suites' data in its own install (tasks.images.resolve_data_root), unless the
+    # user passes a data-root valid on every node (--set data-root=/shared/path).
+    defaults = dict(DEFAULTS, **({"data-root": builtin_data_root()} if args.ray_address is None else {}))
     config = run_config_from_args(args, defaults)
     if config["min-clients"] > args.clients:
         config["min-clients"] = args.clients

@@ -1,0 +1,396 @@
+"""What makes a deployed round fast, without processes: the gateway's held pulls, the client's
+SuperNode command lines (fork server or Flower's SuperExec), the fork server's rules, the data
+folder's validated fingerprint, and the ClientApp's timing records.
+
+The real-process checks are tests/test_deployment.py (clients use the fork server by default)
+and the figures come from benchmarks/bench_deployment.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse  # pylint: disable=E0611
+from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
+from flwr.proto.message_pb2 import PullObjectRequest, PullObjectResponse  # pylint: disable=E0611
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+
+from client import data as client_data
+from client import folder
+from client.folder import (
+    ClientDataError,
+    folder_fingerprint,
+    read_client_dir,
+    write_client_dir,
+)
+from client.timing import TIMING_ENV, timing_mod
+from launch import clientapp_forkserver as fs
+from launch.gateway import GatewayConfig, gateway_command
+from launch.gateway_hold import OBJECT_ROUTE, PULL_ROUTE, PullHolder
+from launch.supernode import (
+    FORKSERVER,
+    MAX_EXECUTOR_RESTARTS,
+    TASK_POLL_ENV,
+    SuperNodeConfig,
+    SuperNodeProcess,
+)
+from tasks.suite import TaskData, TaskSpec
+
+
+# --------------------------------------------------------------------------- gateway: held pulls
+def _pull_body(node: int) -> bytes:
+    return PullMessagesRequest(node=Node(node_id=node)).SerializeToString()
+
+
+EMPTY = PullMessagesResponse().SerializeToString()
+FULL = PullMessagesResponse(messages_list=[ProtoMessage()]).SerializeToString()
+
+
+class _Conn:
+    """The SuperNode's side of one held request: its body was read; `disconnect()` closes it."""
+
+    def __init__(self) -> None:
+        self._gone = asyncio.Event()
+
+    async def receive(self) -> dict:
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+    def disconnect(self) -> None:
+        self._gone.set()
+
+
+def _client(answers: list[tuple[int, bytes]], calls: list[float]) -> httpx.AsyncClient:
+    """A fake SuperLink answering pulls from `answers` in turn (the last one repeats)."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path in (PULL_ROUTE, OBJECT_ROUTE) and request.headers["x-signed"] == "yes"  # unchanged
+        calls.append(time.monotonic())
+        status, body = answers[min(len(calls) - 1, len(answers) - 1)]
+        return httpx.Response(status, content=body)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="https://superlink")
+
+
+HEADERS = [(b"x-signed", b"yes")]
+
+
+def _pull(holder: PullHolder, answers: list[tuple[int, bytes]], route: str = PULL_ROUTE,
+          body: bytes | None = None) -> tuple[tuple | None, list[float], float]:
+    async def go() -> tuple[tuple | None, list[float], float]:
+        calls: list[float] = []
+        t0 = time.monotonic()
+        async with _client(answers, calls) as client:
+            answer = await holder.pull(client, route, HEADERS, _pull_body(7) if body is None else body,
+                                       _Conn().receive, "10.0.0.1")
+        return answer, calls, time.monotonic() - t0
+
+    return asyncio.run(go())
+
+
+def test_empty_pull_is_held_until_a_message_arrives_and_refusals_pass_at_once() -> None:
+    holder = PullHolder(hold_s=5.0, poll_s=0.05)
+    answer, calls, took = _pull(holder, [(200, EMPTY), (200, EMPTY), (200, EMPTY), (200, FULL)])
+    assert answer is not None and answer[0] == 200 and answer[2] == FULL and len(calls) == 4
+    assert holder.held == 1 and took < 2.0
+    assert all(b - a >= 0.04 for a, b in zip(calls, calls[1:]))  # polled at poll_s, not in a busy loop
+    for status, body in ((401, b'{"detail": "Invalid SuperNode authentication"}'), (200, FULL)):
+        holder = PullHolder(hold_s=5.0, poll_s=0.05)
+        answer, calls, _ = _pull(holder, [(status, body)])
+        assert len(calls) == 1 and answer is not None and answer[:1] == (status,) and answer[2] == body
+        assert holder.held == 0 and not holder._holds  # a refused pull never holds nor ends a hold
+    answer, calls, took = _pull(PullHolder(hold_s=0.4, poll_s=0.1), [(200, EMPTY)])  # the hold ends: "no message"
+    assert answer is not None and answer[2] == EMPTY and 0.35 < took < 1.5 and 3 <= len(calls) <= 6
+
+
+def test_held_pulls_are_bounded_and_holding_can_be_off() -> None:
+    for holder in (PullHolder(hold_s=0), PullHolder(hold_s=5.0, max_held=0), PullHolder(hold_s=5.0, max_held_per_peer=0)):
+        answer, calls, _ = _pull(holder, [(200, EMPTY)])
+        assert len(calls) == 1 and answer is not None and answer[2] == EMPTY  # forwarded once, as without holding
+    assert not PullHolder(hold_s=0).enabled
+
+
+def test_a_client_that_goes_away_takes_no_message() -> None:
+    async def go() -> tuple[tuple | None, list[float]]:
+        calls: list[float] = []
+        conn = _Conn()
+        holder = PullHolder(hold_s=5.0, poll_s=0.05)
+        async with _client([(200, EMPTY)], calls) as client:
+            task = asyncio.ensure_future(holder.pull(client, PULL_ROUTE, HEADERS, _pull_body(1), conn.receive))
+            await asyncio.sleep(0.2)
+            conn.disconnect()
+            answer = await asyncio.wait_for(task, 2.0)
+            n = len(calls)
+            await asyncio.sleep(0.2)
+            assert len(calls) == n  # no pull after the disconnect
+        assert not holder._active and holder._active_total == 0  # its slot is free again
+        return answer, calls
+
+    answer, calls = asyncio.run(go())
+    assert answer is None and len(calls) >= 2
+
+
+def test_a_newer_pull_of_the_same_node_ends_the_older_hold() -> None:
+    async def go() -> tuple[tuple | None, float]:
+        calls: list[float] = []
+        holder = PullHolder(hold_s=5.0, poll_s=0.05)
+        old, new = _Conn(), _Conn()
+        async with _client([(200, EMPTY)], calls) as client:
+            first = asyncio.ensure_future(holder.pull(client, PULL_ROUTE, HEADERS, _pull_body(3), old.receive))
+            await asyncio.sleep(0.2)
+            t0 = time.monotonic()
+            second = asyncio.ensure_future(holder.pull(client, PULL_ROUTE, HEADERS, _pull_body(3), new.receive))
+            answer = await asyncio.wait_for(first, 2.0)
+            ended = time.monotonic() - t0
+            new.disconnect()
+            await asyncio.wait_for(second, 2.0)
+        return answer, ended
+
+    answer, ended = asyncio.run(go())
+    assert answer is not None and answer[2] == EMPTY and ended < 1.0
+
+
+def test_an_object_not_uploaded_yet_is_held_until_it_is() -> None:
+    body = PullObjectRequest(node=Node(node_id=7), run_id=1, object_id="abc").SerializeToString()
+    pending = PullObjectResponse(object_found=True, object_available=False).SerializeToString()
+    ready = PullObjectResponse(object_found=True, object_available=True, object_content=b"weights").SerializeToString()
+    missing = PullObjectResponse(object_found=False, object_available=False).SerializeToString()
+    holder = PullHolder(hold_s=5.0, object_poll_s=0.01)
+    answer, calls, _ = _pull(holder, [(200, pending), (200, pending), (200, ready)], OBJECT_ROUTE, body)
+    assert len(calls) == 3 and answer is not None and answer[2] == ready
+    assert holder.held_objects == 1 and holder.held == 0
+    answer, calls, _ = _pull(holder, [(200, missing)], OBJECT_ROUTE, body)  # unknown: Flower's error, relayed at once
+    assert len(calls) == 1 and answer is not None and answer[2] == missing
+
+
+def test_gateway_config_and_command_carry_the_hold() -> None:
+    cfg = GatewayConfig(listen="0.0.0.0:9092", upstream="127.0.0.1:9093", insecure=True, pull_hold_s=0.0)
+    cmd = gateway_command(cfg)
+    assert cmd[cmd.index("--pull-hold") + 1] == "0"
+    assert "--pull-hold" not in gateway_command(GatewayConfig("0.0.0.0:9092", "127.0.0.1:9093", insecure=True))
+    with pytest.raises(ValueError, match="30 s"):
+        GatewayConfig("0.0.0.0:9092", "127.0.0.1:9093", insecure=True, pull_hold_s=40).validate()
+
+
+# --------------------------------------------------------------------------- SuperNode and executors
+def _node(tmp_path: Path, **kw: object) -> SuperNodeProcess:
+    node = SuperNodeProcess(SuperNodeConfig(superlink="coord:9092", data_dir=tmp_path, name="a", work_dir=tmp_path / "w",
+                                            private_key=tmp_path / "a.key", root_certificates=tmp_path / "ca.crt",
+                                            runtime_port=9555, **kw))  # type: ignore[arg-type]
+    return node
+
+
+def test_fork_executor_runs_the_supernode_in_process_isolation(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    cmd = node.command()
+    assert cmd[cmd.index("--isolation") + 1] == "process"
+    assert cmd[cmd.index("--superexec-auth-secret-file") + 1] == str(node.secret_path)
+    fork = node.executor_command(supernode_pid=4242, log_offset=77)
+    assert fork[:2] == [sys.executable, str(FORKSERVER)]
+    assert fork[fork.index("--runtime-api-address") + 1] == "127.0.0.1:9555"
+    assert fork[fork.index("--parent-pid") + 1] == "4242" and fork[fork.index("--preload") + 1] == ",".join(fs.DEFAULT_PRELOAD)
+    assert fork[fork.index("--superexec-auth-secret-file") + 1] == str(node.secret_path)
+    assert fork[fork.index("--supernode-log") + 1] == str(node.log_path)
+    assert fork[fork.index("--supernode-log-offset") + 1] == "77"
+    assert fork[fork.index("--poll-interval") + 1] == "0.5" and TASK_POLL_ENV not in node.env()  # woken by the log
+
+
+def test_flower_executor_keeps_flowers_superexec_with_a_short_poll(tmp_path: Path) -> None:
+    node = _node(tmp_path, executor="flower", task_poll_s=0.2)
+    assert "--isolation" not in node.command()
+    assert node.env()[TASK_POLL_ENV] == "0.2"
+    assert TASK_POLL_ENV not in _node(tmp_path, executor="flower", task_poll_s=None).env()  # Flower's 1 s
+    with pytest.raises(ValueError, match="executor"):
+        _node(tmp_path, executor="threads")
+    with pytest.raises(ValueError, match="between 0.01 and 60"):
+        _node(tmp_path, task_poll_s=0.001)
+
+
+def test_fork_server_never_preloads_app_code() -> None:
+    for name in ("client.app", "tasks", "coordinator.loop"):
+        with pytest.raises(ValueError, match="FAB"):
+            fs.preload([name])
+    # run by path, it imports no fedmtl package (children import the app from the run's FAB)
+    probe = ("import runpy, sys\nsys.argv = ['forkserver', '--help']\n"
+             "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in %r))") % (str(FORKSERVER), sorted(fs.APP_PACKAGES))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         cwd="/", env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_fork_server_notices_its_supernode_is_gone_and_stops_its_tasks(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    server = fs.ForkServer.__new__(fs.ForkServer)
+    server.parent_pid, server._parent_start = child.pid, "0"
+    assert not server.parent_alive()
+    server.parent_pid, server._parent_start = os.getpid(), fs._start_time(os.getpid())
+    assert server.parent_alive()
+    # on exit it stops the tasks still running: one that ends on SIGTERM, one that ignores it
+    server.children, tasks = set(), []
+    for ignore in (False, True):
+        ready = tmp_path / f"ready{int(ignore)}"
+        task = subprocess.Popen([sys.executable, "-c", "import pathlib, signal, sys, time\n"
+                                 + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore else "")
+                                 + f"pathlib.Path({str(ready)!r}).touch()\ntime.sleep(60)"])
+        server.children.add(task.pid)
+        tasks.append(task.pid)
+        while not ready.exists():
+            time.sleep(0.02)
+    previous = signal.getsignal(signal.SIGTERM)
+    t0 = time.monotonic()
+    try:
+        server.shutdown(grace_s=0.5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not server.children and time.monotonic() - t0 < 3
+    for pid in tasks:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped, not a zombie
+
+
+def test_a_dead_fork_server_is_replaced_a_few_times_then_the_client_gives_up(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    node = _node(tmp_path)
+    monkeypatch.setattr(node, "executor_command", lambda *a: [sys.executable, "-c", "import sys; sys.exit(7)"])
+    node.config.work_dir.mkdir(parents=True)
+    node.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands in for the SuperNode
+    try:
+        node._start_executor()
+        said = []
+        for _ in range(MAX_EXECUTOR_RESTARTS + 1):
+            node.executor_proc.wait(timeout=30)
+            line = node.revive_executor()
+            if line is None:
+                break
+            said.append(line)
+        assert len(said) == MAX_EXECUTOR_RESTARTS and "status 7" in said[0] and "started a new one" in said[0]
+        node.executor_proc.wait(timeout=30)
+        assert node.revive_executor() is None and not node.is_running()
+        assert "fork server exited (status 7) after 3 restart(s)" in node.exit_description()
+        assert node.proc.poll() is None  # the SuperNode itself was left alone until stop()
+    finally:
+        node.proc.kill()
+        node.proc.wait()
+
+
+# --------------------------------------------------------------------------- data folder fingerprint
+def _folder(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 1, 4, 4), dtype=np.float32)
+    data = TaskData(x, np.array([0, 1, 0, 1, 0, 1]), x[:2], np.array([0, 1]))
+    return write_client_dir(tmp_path / "site", {"t": data}, "s", "site", [TaskSpec("t", 2)])
+
+
+def test_a_validated_fingerprint_skips_only_the_value_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _folder(tmp_path)
+    fp = folder_fingerprint(d)
+    assert fp and fp == folder_fingerprint(d)
+    seen: list[bool] = []
+    real = folder._check_arrays
+    monkeypatch.setattr(folder, "_check_arrays", lambda *a, **k: (seen.append(k.get("values", True)), real(*a, **k))[1])
+    read_client_dir(d)
+    read_client_dir(d, validated=fp)
+    assert seen == [True, True, False, False]
+    # a rewritten file is a new fingerprint: validated again in full, and a bad value is caught
+    x = np.full((6, 1, 4, 4), np.nan, dtype=np.float32)
+    np.savez_compressed(d / "t" / "train.npz", x=x, y=np.zeros(6, dtype=np.int64))
+    assert folder_fingerprint(d) != fp
+    with pytest.raises(ClientDataError, match="NaN"):
+        read_client_dir(d, validated=fp)
+
+
+def test_clientapp_processes_trust_only_the_folder_fedmtl_client_validated(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _folder(tmp_path)
+    env = client_data.validated_env(d, folder_fingerprint(d))
+    info = json.loads(env[client_data.VALIDATED_ENV])
+    assert info == {"dir": str(d.resolve()), "fingerprint": folder_fingerprint(d)}
+    monkeypatch.setenv(client_data.VALIDATED_ENV, env[client_data.VALIDATED_ENV])
+    assert client_data.validated_fingerprint(str(d)) == info["fingerprint"]
+    assert client_data.validated_fingerprint(str(tmp_path)) == ""  # another folder
+    assert client_data.validated_env(d, "stale") == {}  # changed while validating: nothing trusted
+    # within one process the folder is cached under its content: a changed folder is read again
+    first = client_data._folder(str(d))[1]["t"]
+    assert client_data._folder(str(d))[1]["t"] is first
+    time.sleep(0.01)
+    np.savez_compressed(d / "t" / "train.npz", x=np.zeros((6, 1, 4, 4), np.float32), y=np.zeros(6, np.int64))
+    again = client_data._folder(str(d))[1]["t"]
+    assert again is not first and float(again.x_train.sum()) == 0.0
+
+
+# --------------------------------------------------------------------------- timing records
+def test_timing_mod_writes_one_line_per_message_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr, value in (("run_id", 1), ("task_id", 1), ("node_id", 0)):  # what a ServerApp process has set
+        monkeypatch.setattr(TaskIdentity, f"_{attr}", value, raising=False)
+    msg = Message(RecordDict({"config": ConfigRecord({"round": 1})}), dst_node_id=5, message_type="train",
+                  group_id="round-1.group-0")
+    ctx = Context(run_id=1, node_id=5, node_config={"name": "site-a"}, state=RecordDict(), run_config={})
+
+    def handler(m: Message, c: Context) -> Message:
+        time.sleep(0.05)
+        return Message(RecordDict({"metrics": MetricRecord({"train-seconds": 0.04})}), reply_to=m)
+
+    monkeypatch.delenv(TIMING_ENV, raising=False)
+    timing_mod(msg, ctx, handler)
+    path = tmp_path / "timing.jsonl"
+    monkeypatch.setenv(TIMING_ENV, str(path))
+    timing_mod(msg, ctx, handler)
+    (rec,) = [json.loads(ln) for ln in path.read_text().splitlines()]
+    assert rec["type"] == "train" and rec["group"] == "round-1.group-0" and rec["name"] == "site-a"
+    assert rec["pid"] == os.getpid() and rec["ray_node"] is None and rec["compute"] == pytest.approx(0.04)
+    assert rec["process_start"] <= rec["created"] <= rec["enter"] and rec["exit"] - rec["enter"] >= 0.05
+
+
+def test_fork_server_waits_until_the_supernode_has_received_the_message(tmp_path: Path) -> None:
+    log = tmp_path / "supernode.log"
+    log.write_bytes(b"\x1b[92mINFO \x1b[0m:      Receiving: query message (ID: 1)\nINFO : Received successfully\n"
+                    b"INFO : Receiving: train message (ID: 2)\n")
+    gate = fs.ReceptionGate(str(log))
+    t0 = time.monotonic()
+    gate.scan()
+    assert gate.receiving  # the train message is still being downloaded
+    with open(log, "ab") as f:
+        f.write(b"INFO : Received succ")  # a line being written does not count yet
+    gate.scan()
+    assert gate.receiving
+    with open(log, "ab") as f:
+        f.write(b"essfully\n")
+    assert gate.wait(5.0) < 0.5 and not gate.receiving
+    # a reception whose end was never logged costs one wait at most, and the next one resets it
+    with open(log, "ab") as f:
+        f.write(b"INFO : Receiving: evaluate message (ID: 3)\n")
+    assert gate.wait(0.2) >= 0.2 and not gate.receiving and gate.wait(5.0) < 0.1
+    with open(log, "ab") as f:
+        f.write(b"INFO : Receiving: train message (ID: 4)\n")
+    gate.scan()
+    assert gate.receiving
+    assert time.monotonic() - t0 < 3
+    # the task poll wakes up as soon as a reception ends, else sleeps its full interval
+    t1 = time.monotonic()
+    gate.wait_for_news(0.3)
+    assert time.monotonic() - t1 >= 0.3
+    with open(log, "ab") as f:
+        f.write(b"INFO : Received successfully\n")
+    t1 = time.monotonic()
+    gate.wait_for_news(5.0)
+    assert time.monotonic() - t1 < 0.5
+    # lines of an earlier start of the SuperNode (before the offset) are ignored
+    assert not fs.ReceptionGate(str(log), offset=log.stat().st_size).receiving
+    assert fs.ReceptionGate(None).wait(5.0) < 0.1  # no log: nothing waits
+    assert fs.ReceptionGate(str(tmp_path / "other-wording.log")).wait(5.0) < 0.1
