@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for flag, (name, kind, text) in FLAGS.items():
         p.add_argument(flag, dest=name, type=kind, default=None, help=text)
     p.add_argument("--out", type=Path, default=Path("runs/coldfusion"), help="output folder (default runs/coldfusion)")
-    p.add_argument("--reuse", action="store_true", help="reuse seed results already in --out with the same configuration")
+    p.add_argument("--reuse", action="store_true", help="reuse seed results already in --out with the same configuration (a seed run plain gets only grouped ColD Fusion added)")
     p.add_argument("--docs", type=Path, default=None, help="markdown file whose coldfusion:results block gets the report")
     p.add_argument("--export", type=Path, default=None, help="export the first seed's fused body and heads to this folder")
     p.add_argument("--export-from", type=Path, default=None,
@@ -193,13 +193,24 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(exc)) from None
 
 
+def reusable_plain(prior: dict, cfg) -> bool:
+    """Whether a saved seed result holds this configuration's plain ColD Fusion (same settings
+    but for the grouping ones) and no grouped run, so only grouped ColD Fusion has to be added."""
+    from experiments.coldfusion.config import GROUPED_FIELDS  # noqa: PLC0415
+
+    saved = dict(prior.get("config") or {})
+    for name in GROUPED_FIELDS:
+        saved.pop(name, None)
+    return saved == cfg.plain_key() and "grouped" not in prior and "plain" in prior.get("eval", {})
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.export_from is not None:
         if args.export is None:
             raise ValueError("--export-from needs --export DIR (where to write the model folder)")
         return export_only(args.export_from, args.export)
     cfg = config_from_args(args)
-    from experiments.coldfusion.experiment import run_seed, work_units  # noqa: PLC0415
+    from experiments.coldfusion.experiment import add_grouped, grouped_units, run_seed, work_units  # noqa: PLC0415
     from experiments.coldfusion.report import write_results  # noqa: PLC0415
 
     out: Path = args.out
@@ -207,7 +218,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"fedmtl coldfusion: {len(cfg.seen)} contributor datasets, {len(cfg.held_out)} held out, {cfg.iterations} "
           f"iterations x {cfg.contributors} contributors x {cfg.local_steps} steps, seeds {list(cfg.seeds)}, "
           f"grouping {cfg.grouping!r} -> {out}", flush=True)
-    results, todo = [], []
+    results, todo, add_grouping = [], [], []
     for seed in cfg.seeds:
         saved = out / f"seed_{seed}.json"
         if args.reuse and saved.is_file():
@@ -216,9 +227,17 @@ def _run(args: argparse.Namespace) -> int:
                 results.append(prior)
                 print(f"  seed {seed}: reusing {saved}")
                 continue
+            if cfg.grouping != "none" and reusable_plain(prior, cfg):
+                add_grouping.append(prior)
+                print(f"  seed {seed}: reusing plain ColD Fusion of {saved}; running grouped ({cfg.grouping})")
+                continue
         todo.append(seed)
-    bar = _Bar(work_units(cfg) * len(todo), args.no_progress)
+    bar = _Bar(work_units(cfg) * len(todo) + grouped_units(cfg) * len(add_grouping), args.no_progress)
     try:
+        for prior in add_grouping:
+            result = add_grouped(cfg, prior["seed"], prior, bar.tick)
+            (out / f"seed_{prior['seed']}.json").write_text(json.dumps(result, indent=1) + "\n")
+            results.append(result)
         for seed in todo:
             result, body, heads = run_seed(cfg, seed, bar.tick)
             (out / f"seed_{seed}.json").write_text(json.dumps(result, indent=1) + "\n")
