@@ -42,3 +42,39 @@ def test_reuse_adds_grouping_only_to_a_matching_plain_seed():
 def test_plain_key_ignores_only_grouping_settings():
     a, b = REDUCED.plain_key(), replace(REDUCED, grouping="dynamic", split_round=4, regroup_every=2).plain_key()
     assert a == b and "iterations" in a and "grouping" not in a
+
+
+def _fake_grouped_seed(cfg, seed: int, plain: float, grouped: float) -> dict:
+    """A seed result of the shape experiment.run_seed writes, with constant accuracies."""
+    def evals(acc: float) -> dict:
+        out = {t: {"split": "seen", "probe": acc, "finetune": acc} for t in cfg.seen}
+        out |= {t: {"split": "held_out", "probe": acc, "finetune": acc, "fewshot_probe": acc, "fewshot_finetune": acc}
+                for t in cfg.held_out}
+        return out
+    tasks, n = list(cfg.seen), len(cfg.seen)
+    return {
+        "seed": seed, "config": cfg.fusion_key(), "original": evals(0.5),
+        "eval": {"plain": evals(plain), "grouped": evals(grouped)},
+        "fusion": {"iterations": [{"iteration": i, "contributors": tasks[:3], "seconds": 10.0} for i in range(1, 7)]},
+        "grouped": {
+            "mode": "mas", "final_groups": [tasks[:2], tasks[2:]],
+            "groups_per_round": [[tasks]] * 3 + [[tasks[:2], tasks[2:]]] * 4, "events": [],
+            "train_seconds": 50.0, "affinity_seconds": 1.0, "train_examples": 5760.0, "client_trainings": 18,
+            "affinity": {"lookahead": {"tasks": tasks, "matrix": [[None if i == j else 0.1 for j in range(n)] for i in range(n)]}},
+            "affinity_signal": "lookahead", "affinity_coverage": {"same-client": 0, "cross-client": n * (n - 1), "never": 0},
+            "affinity_measured_rounds": 2,
+        },
+    }
+
+
+def test_grouped_report_compares_grouped_with_plain_on_the_same_seeds():
+    from experiments.coldfusion.report_grouped import grouped_markdown
+
+    cfg = replace(REDUCED, grouping="mas")
+    text = grouped_markdown([_fake_grouped_seed(cfg, 0, 0.60, 0.62), _fake_grouped_seed(cfg, 1, 0.60, 0.64)], cfg)
+    assert "rounds 0-2: {" + ", ".join(cfg.seen) + "}" in text
+    assert f"cross-client {len(cfg.seen) * (len(cfg.seen) - 1)}" in text and "all pairs cross-client" in text
+    # seen probe: MiniLM 50, plain 60, grouped 62 and 64 -> grouped - plain +3.0 ± 1.4
+    assert "| seen | linear probe (frozen) | 50.0 ± 0.0 | 60.0 ± 0.0 | 63.0 ± 1.4 | +3.0 ± 1.4 |" in text
+    assert "plain 18 trainings, 5760 examples" in text
+    assert grouped_markdown([{"seed": 0, "eval": {"plain": {}}}], cfg) == ""

@@ -146,14 +146,13 @@ def report_markdown(results: list[dict], cfg, out: Path, plot_name: str) -> str:
                   f"{held['fewshot_probe']['gain'][0]:+.2f} ± {held['fewshot_probe']['gain'][1]:.2f}, few-shot finetune "
                   f"{held['fewshot_finetune']['gain'][0]:+.2f} ± {held['fewshot_finetune']['gain'][1]:.2f} points "
                   f"(datasets with a positive mean gain, probe: {held['probe']['wins']} of {held['probe']['n']})."]
-    if any("grouped" in r for r in results):
-        g = results[0]["grouped"]
-        lines += ["", f"**Grouped ColD Fusion** (`--grouping {g['mode']}`, seed {results[0]['seed']}): final groups "
-                  f"{g['final_groups']}; affinity measured in {g['affinity_measured_rounds']} round(s); client trainings "
-                  f"{g['client_trainings']} (plain: {cfg.iterations * cfg.contributors}), client train seconds "
-                  f"{g['train_seconds']:.0f}.", "", tables_markdown(results, "grouped")]
-        if g.get("affinity"):
-            lines += ["", "Tracked affinity (last measured round): `" + json.dumps(g["affinity"]) + "`"]
+    grouped = [r for r in results if "grouped" in r.get("eval", {})]
+    if grouped:
+        from experiments.coldfusion.report_grouped import grouped_markdown  # noqa: PLC0415
+
+        lines += ["", grouped_markdown(grouped, cfg), "", "Grouped ColD Fusion per dataset (seen datasets on their "
+                  "group's body, held-out ones on the task-weighted mean of the group bodies):", "",
+                  tables_markdown(grouped, "grouped")]
     return "\n".join(lines)
 
 

@@ -100,6 +100,7 @@ def run_grouped(cfg: ColdFusionConfig, seed: int, tick=lambda n, d: None, workdi
         "client_trainings": sum(len(r.get("clients", [])) for r in rounds),
         "clients_per_round": [r.get("clients", []) for r in rounds],
         "affinity": measured[-1]["tracked"] if measured else None,
+        "affinity_signal": measured[-1].get("signal") if measured else None,
         "affinity_coverage": measured[-1]["coverage"]["summary"] if measured else None,
         "affinity_measured_rounds": len(measured),
         "seen_accuracy_per_round": [{t: m.get("accuracy") for t, m in r["metrics"].items()} for r in rounds],
