@@ -99,13 +99,13 @@ def grouped_markdown(results: list[dict], cfg) -> str:
         cov = g.get("affinity_coverage") or {}
         plain_seconds = sum(it["seconds"] for it in r["fusion"]["iterations"])
         out += [
-            f"Seed {r['seed']}: groups {_groups_over_rounds(g['groups_per_round'])}. "
-            f"Affinity measured in {g['affinity_measured_rounds']} round(s) before the split; pair coverage "
-            f"(ordered pairs): " + ", ".join(f"{k} {v}" for k, v in cov.items()) + ".",
+            (f"Seed {r['seed']}: groups {_groups_over_rounds(g['groups_per_round'])}. "
+             f"Affinity measured in {g['affinity_measured_rounds']} round(s) before the split; pair coverage "
+             f"(ordered pairs): " + ", ".join(f"{k} {v}" for k, v in cov.items()) + "."),
             "",
             f"Client compute: grouped {g['client_trainings']} contributor trainings, "
             f"{g.get('train_examples', float('nan')):.0f} training examples, {g['train_seconds']:.0f} s of client "
-            f"training (of which affinity {g.get('affinity_seconds', 0.0):.1f} s); plain {plain_trainings} trainings, "
+            f"training plus {g.get('affinity_seconds', 0.0):.1f} s of affinity measurement; plain {plain_trainings} trainings, "
             f"{plain_examples} examples, {plain_seconds:.0f} s (fusion iterations, one process).",
             "",
         ]
