@@ -4,6 +4,7 @@ No model is built here: these check the run config handed to the round loop and 
 """
 
 from dataclasses import replace
+from pathlib import Path
 
 from coordinator.config import RunConfig
 from experiments.coldfusion.command import reusable_plain
@@ -78,3 +79,33 @@ def test_grouped_report_compares_grouped_with_plain_on_the_same_seeds():
     assert "| seen | linear probe (frozen) | 50.0 ± 0.0 | 60.0 ± 0.0 | 63.0 ± 1.4 | +3.0 ± 1.4 |" in text
     assert "plain 18 trainings, 5760 examples" in text
     assert grouped_markdown([{"seed": 0, "eval": {"plain": {}}}], cfg) == ""
+
+
+def test_report_only_mixes_plain_and_grouped_seeds_without_running(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = replace(REDUCED, grouping="mas")
+    out = tmp_path / "out"
+    out.mkdir()
+    plain_seed = _fake_grouped_seed(cfg, 1, 0.60, 0.60)
+    del plain_seed["grouped"], plain_seed["eval"]["grouped"]
+    plain_seed["config"] = REDUCED.fusion_key()
+    for r in (_fake_grouped_seed(cfg, 0, 0.60, 0.62), plain_seed):
+        r["curve"] = [{"iteration": 0, "probe": {t: 0.5 for t in cfg.held_out}, "fewshot_probe": {t: 0.5 for t in cfg.held_out}}]
+        r["fusion"] |= {"seconds_per_iteration": 10.0, "body_shift": 1.0}
+        r["seconds"] = {"total": 60.0}
+        (out / f"seed_{r['seed']}.json").write_text(json.dumps(r))
+    proc = subprocess.run([sys.executable, "-m", "fedmtl.cli", "coldfusion", "--preset", "reduced", "--grouping", "mas",
+                           "--seeds", "0,1", "--out", str(out), "--report-only", "--no-progress"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (out / "report.md").read_text()
+    assert "mean ± sd over 2 seed(s)" in report and "seed(s) [0]" in report
+    assert json.loads((out / "seed_1.json").read_text())["config"]["grouping"] == "none"  # nothing was rerun
+    bad = subprocess.run([sys.executable, "-m", "fedmtl.cli", "coldfusion", "--preset", "reduced", "--grouping", "mas",
+                          "--seeds", "0,2", "--out", str(out), "--report-only"], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and "seed_2.json is missing" in bad.stderr + bad.stdout

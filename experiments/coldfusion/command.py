@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(flag, dest=name, type=kind, default=None, help=text)
     p.add_argument("--out", type=Path, default=Path("runs/coldfusion"), help="output folder (default runs/coldfusion)")
     p.add_argument("--reuse", action="store_true", help="reuse seed results already in --out with the same configuration (a seed run plain gets only grouped ColD Fusion added)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rebuild the results and report from the seed files in --out (seeds run plain "
+                        "and seeds run grouped may be mixed; plain tables use every seed, grouped ones the grouped seeds)")
     p.add_argument("--docs", type=Path, default=None, help="markdown file whose coldfusion:results block gets the report")
     p.add_argument("--export", type=Path, default=None, help="export the first seed's fused body and heads to this folder")
     p.add_argument("--export-from", type=Path, default=None,
@@ -192,15 +195,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(exc)) from None
 
 
-def reusable_plain(prior: dict, cfg) -> bool:
+def reusable_plain(prior: dict, cfg, grouped_ok: bool = False) -> bool:
     """Whether a saved seed result holds this configuration's plain ColD Fusion (same settings
-    but for the grouping ones) and no grouped run, so only grouped ColD Fusion has to be added."""
+    but for the grouping ones) and no grouped run (unless `grouped_ok`), so only grouped ColD
+    Fusion has to be added."""
     from experiments.coldfusion.config import GROUPED_FIELDS  # noqa: PLC0415
 
     saved = dict(prior.get("config") or {})
     for name in GROUPED_FIELDS:
         saved.pop(name, None)
-    return saved == cfg.plain_key() and "grouped" not in prior and "plain" in prior.get("eval", {})
+    return (saved == cfg.plain_key() and (grouped_ok or "grouped" not in prior)
+            and "plain" in prior.get("eval", {}))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -220,6 +225,12 @@ def _run(args: argparse.Namespace) -> int:
     results, todo, add_grouping = [], [], []
     for seed in cfg.seeds:
         saved = out / f"seed_{seed}.json"
+        if getattr(args, "report_only", False):
+            prior = json.loads(saved.read_text()) if saved.is_file() else None
+            if prior is None or not reusable_plain(prior, cfg, grouped_ok=True):
+                raise ValueError(f"--report-only: {saved} is missing or was run with another configuration")
+            results.append(prior)
+            continue
         if args.reuse and saved.is_file():
             prior = json.loads(saved.read_text())
             if prior.get("config") == cfg.fusion_key():
