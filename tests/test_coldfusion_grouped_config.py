@@ -60,7 +60,7 @@ def _fake_grouped_seed(cfg, seed: int, plain: float, grouped: float) -> dict:
         "grouped": {
             "mode": "mas", "final_groups": [tasks[:2], tasks[2:]],
             "groups_per_round": [[tasks]] * 3 + [[tasks[:2], tasks[2:]]] * 4, "events": [],
-            "train_seconds": 50.0, "affinity_seconds": 1.0, "train_examples": 5760.0, "client_trainings": 18,
+            "train_seconds": 50.0, "affinity_seconds": 1.0, "client_trainings": 19,
             "affinity": {"lookahead": {"tasks": tasks, "matrix": [[None if i == j else 0.1 for j in range(n)] for i in range(n)]}},
             "affinity_signal": "lookahead", "affinity_coverage": {"same-client": 0, "cross-client": n * (n - 1), "never": 0},
             "affinity_measured_rounds": 2,
@@ -77,7 +77,7 @@ def test_grouped_report_compares_grouped_with_plain_on_the_same_seeds():
     assert f"cross-client {len(cfg.seen) * (len(cfg.seen) - 1)}" in text and "all pairs cross-client" in text
     # seen probe: MiniLM 50, plain 60, grouped 62 and 64 -> grouped - plain +3.0 ± 1.4
     assert "| seen | linear probe (frozen) | 50.0 ± 0.0 | 60.0 ± 0.0 | 63.0 ± 1.4 | +3.0 ± 1.4 |" in text
-    assert "plain 18 trainings, 5760 examples" in text
+    assert "grouped 19 contributor trainings, 6080 examples" in text and "plain 18 trainings, 5760 examples" in text
     assert grouped_markdown([{"seed": 0, "eval": {"plain": {}}}], cfg) == ""
 
 

@@ -96,7 +96,6 @@ def run_grouped(cfg: ColdFusionConfig, seed: int, tick=lambda n, d: None, workdi
         "events": [e for r in rounds for e in r.get("events", [])],
         "train_seconds": sum(float((r.get("compute") or {}).get("train_seconds", 0.0)) for r in rounds),
         "affinity_seconds": sum(float((r.get("compute") or {}).get("affinity_seconds", 0.0)) for r in rounds),
-        "train_examples": sum(float(n) for r in rounds for n in ((r.get("compute") or {}).get("examples") or {}).values()),
         "client_trainings": sum(len(r.get("clients", [])) for r in rounds),
         "clients_per_round": [r.get("clients", []) for r in rounds],
         "affinity": measured[-1]["tracked"] if measured else None,

@@ -103,8 +103,9 @@ def grouped_markdown(results: list[dict], cfg) -> str:
              f"Affinity measured in {g['affinity_measured_rounds']} round(s) before the split; pair coverage "
              f"(ordered pairs): " + ", ".join(f"{k} {v}" for k, v in cov.items()) + "."),
             "",
-            (f"Client compute: grouped {g['client_trainings']} contributor trainings, "
-             f"{g.get('train_examples', float('nan')):.0f} training examples, {g['train_seconds']:.0f} s of client "
+            (f"Client compute (every training is {cfg.local_steps} steps of {cfg.batch_size}): grouped "
+             f"{g['client_trainings']} contributor trainings, "
+             f"{g['client_trainings'] * cfg.local_steps * cfg.batch_size} examples, {g['train_seconds']:.0f} s of client "
              f"training plus {g.get('affinity_seconds', 0.0):.1f} s of affinity measurement; plain {plain_trainings} "
              f"trainings, {plain_examples} examples, {plain_seconds:.0f} s (fusion iterations, one process)."),
             "",
