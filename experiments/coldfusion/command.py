@@ -55,7 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     for flag, (name, kind, text) in FLAGS.items():
         p.add_argument(flag, dest=name, type=kind, default=None, help=text)
     p.add_argument("--out", type=Path, default=Path("runs/coldfusion"), help="output folder (default runs/coldfusion)")
-    p.add_argument("--reuse", action="store_true", help="reuse seed results already in --out with the same configuration")
+    p.add_argument("--reuse", action="store_true", help="reuse seed results already in --out with the same configuration (a seed run plain gets only grouped ColD Fusion added)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rebuild the results and report from the seed files in --out (seeds run plain "
+                        "and seeds run grouped may be mixed; plain tables use every seed, grouped ones the grouped seeds)")
     p.add_argument("--docs", type=Path, default=None, help="markdown file whose coldfusion:results block gets the report")
     p.add_argument("--export", type=Path, default=None, help="export the first seed's fused body and heads to this folder")
     p.add_argument("--export-from", type=Path, default=None,
@@ -146,14 +149,13 @@ def report_markdown(results: list[dict], cfg, out: Path, plot_name: str) -> str:
                   f"{held['fewshot_probe']['gain'][0]:+.2f} ± {held['fewshot_probe']['gain'][1]:.2f}, few-shot finetune "
                   f"{held['fewshot_finetune']['gain'][0]:+.2f} ± {held['fewshot_finetune']['gain'][1]:.2f} points "
                   f"(datasets with a positive mean gain, probe: {held['probe']['wins']} of {held['probe']['n']})."]
-    if any("grouped" in r for r in results):
-        g = results[0]["grouped"]
-        lines += ["", f"**Grouped ColD Fusion** (`--grouping {g['mode']}`, seed {results[0]['seed']}): final groups "
-                  f"{g['final_groups']}; affinity measured in {g['affinity_measured_rounds']} round(s); client trainings "
-                  f"{g['client_trainings']} (plain: {cfg.iterations * cfg.contributors}), client train seconds "
-                  f"{g['train_seconds']:.0f}.", "", tables_markdown(results, "grouped")]
-        if g.get("affinity"):
-            lines += ["", "Tracked affinity (last measured round): `" + json.dumps(g["affinity"]) + "`"]
+    grouped = [r for r in results if "grouped" in r.get("eval", {})]
+    if grouped:
+        from experiments.coldfusion.report_grouped import grouped_markdown  # noqa: PLC0415
+
+        lines += ["", grouped_markdown(grouped, cfg), "", "Grouped ColD Fusion per dataset (seen datasets on their "
+                  "group's body, held-out ones on the task-weighted mean of the group bodies):", "",
+                  tables_markdown(grouped, "grouped")]
     return "\n".join(lines)
 
 
@@ -193,13 +195,26 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(exc)) from None
 
 
+def reusable_plain(prior: dict, cfg, grouped_ok: bool = False) -> bool:
+    """Whether a saved seed result holds this configuration's plain ColD Fusion (same settings
+    but for the grouping ones) and no grouped run (unless `grouped_ok`), so only grouped ColD
+    Fusion has to be added."""
+    from experiments.coldfusion.config import GROUPED_FIELDS  # noqa: PLC0415
+
+    saved = dict(prior.get("config") or {})
+    for name in GROUPED_FIELDS:
+        saved.pop(name, None)
+    return (saved == cfg.plain_key() and (grouped_ok or "grouped" not in prior)
+            and "plain" in prior.get("eval", {}))
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.export_from is not None:
         if args.export is None:
             raise ValueError("--export-from needs --export DIR (where to write the model folder)")
         return export_only(args.export_from, args.export)
     cfg = config_from_args(args)
-    from experiments.coldfusion.experiment import run_seed, work_units  # noqa: PLC0415
+    from experiments.coldfusion.experiment import add_grouped, grouped_units, run_seed, work_units  # noqa: PLC0415
     from experiments.coldfusion.report import write_results  # noqa: PLC0415
 
     out: Path = args.out
@@ -207,18 +222,32 @@ def _run(args: argparse.Namespace) -> int:
     print(f"fedmtl coldfusion: {len(cfg.seen)} contributor datasets, {len(cfg.held_out)} held out, {cfg.iterations} "
           f"iterations x {cfg.contributors} contributors x {cfg.local_steps} steps, seeds {list(cfg.seeds)}, "
           f"grouping {cfg.grouping!r} -> {out}", flush=True)
-    results, todo = [], []
+    results, todo, add_grouping = [], [], []
     for seed in cfg.seeds:
         saved = out / f"seed_{seed}.json"
+        if getattr(args, "report_only", False):
+            prior = json.loads(saved.read_text()) if saved.is_file() else None
+            if prior is None or not reusable_plain(prior, cfg, grouped_ok=True):
+                raise ValueError(f"--report-only: {saved} is missing or was run with another configuration")
+            results.append(prior)
+            continue
         if args.reuse and saved.is_file():
             prior = json.loads(saved.read_text())
             if prior.get("config") == cfg.fusion_key():
                 results.append(prior)
                 print(f"  seed {seed}: reusing {saved}")
                 continue
+            if cfg.grouping != "none" and reusable_plain(prior, cfg):
+                add_grouping.append(prior)
+                print(f"  seed {seed}: reusing plain ColD Fusion of {saved}; running grouped ({cfg.grouping})")
+                continue
         todo.append(seed)
-    bar = _Bar(work_units(cfg) * len(todo), args.no_progress)
+    bar = _Bar(work_units(cfg) * len(todo) + grouped_units(cfg) * len(add_grouping), args.no_progress)
     try:
+        for prior in add_grouping:
+            result = add_grouped(cfg, prior["seed"], prior, bar.tick)
+            (out / f"seed_{prior['seed']}.json").write_text(json.dumps(result, indent=1) + "\n")
+            results.append(result)
         for seed in todo:
             result, body, heads = run_seed(cfg, seed, bar.tick)
             (out / f"seed_{seed}.json").write_text(json.dumps(result, indent=1) + "\n")

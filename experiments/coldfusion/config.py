@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from tasks.text.suite import HELD_OUT_TASKS, SEEN_TASKS, TextSuiteConfig
 
 GROUPINGS = ("none", "mas", "dynamic")
+# Fields only grouped ColD Fusion reads: plain results of a seed do not depend on them.
+GROUPED_FIELDS = ("grouping", "split_round", "max_groups", "regroup_every")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,15 @@ class ColdFusionConfig:
         """What a seed's results depend on (everything but the list of seeds)."""
         d = self.to_dict()
         d.pop("seeds")
+        return d
+
+    def plain_key(self) -> dict:
+        """What a seed's plain ColD Fusion results (and the original's evaluation) depend on:
+        `fusion_key` without the grouping settings, so `--reuse` can add grouped ColD Fusion to
+        a seed that was run plain."""
+        d = self.fusion_key()
+        for name in GROUPED_FIELDS:
+            d.pop(name)
         return d
 
 

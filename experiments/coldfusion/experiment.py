@@ -141,13 +141,30 @@ def run_seed(cfg: ColdFusionConfig, seed: int, tick: Progress = lambda n, d: Non
         "seconds": {"fusion": fusion_seconds, "curve": curve_seconds, "evaluation": time.perf_counter() - t0},
     }
     if cfg.grouping != "none":
-        from experiments.coldfusion.grouped import run_grouped  # noqa: PLC0415 - only when asked for
-
-        t0 = time.perf_counter()
-        grouped = run_grouped(cfg, seed, tick)
-        result["grouped"] = grouped.summary
-        result["eval"]["grouped"] = evaluate_body(suite, grouped.merged_body, cfg, data, seed, tick,
-                                                  f"seed {seed}: grouped", bodies_for=grouped.body_of_task)
-        result["seconds"]["grouped"] = time.perf_counter() - t0
+        add_grouped(cfg, seed, result, tick, suite, data)
     result["seconds"]["total"] = time.perf_counter() - started
     return result, run.body, run.heads
+
+
+def grouped_units(cfg: ColdFusionConfig) -> int:
+    """Progress steps of the grouped part of one seed (its rounds and the evaluation of its bodies)."""
+    n_all = len(cfg.seen) + len(cfg.held_out)
+    return cfg.iterations + 2 * n_all + 2 * len(cfg.held_out)
+
+
+def add_grouped(cfg: ColdFusionConfig, seed: int, result: dict, tick: Progress = lambda n, d: None,
+                suite: Suite | None = None, data: dict[str, TaskData] | None = None) -> dict:
+    """Run grouped ColD Fusion for `seed` and evaluate its bodies into `result` (a seed's result
+    dict, possibly a plain one from an earlier run: the original's evaluation is reused)."""
+    from experiments.coldfusion.grouped import run_grouped  # noqa: PLC0415 - only when asked for
+
+    suite = suite or make_text_suite(cfg.suite_config())
+    data = data or load_datasets(cfg)
+    t0 = time.perf_counter()
+    grouped = run_grouped(cfg, seed, tick)
+    result["grouped"] = grouped.summary
+    result["eval"]["grouped"] = evaluate_body(suite, grouped.merged_body, cfg, data, seed, tick,
+                                              f"seed {seed}: grouped", bodies_for=grouped.body_of_task)
+    result["seconds"]["grouped"] = time.perf_counter() - t0
+    result["config"] = cfg.fusion_key()
+    return result

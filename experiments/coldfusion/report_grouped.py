@@ -1,0 +1,121 @@
+"""The grouped ColD Fusion part of the report: the groups, the affinity they came from, the client
+compute, and grouped against plain on the same seeds.
+
+Only seeds that ran grouped ColD Fusion are compared (paired with their own plain run and the
+original MiniLM of the same seed); plain-only seeds stay in the plain tables.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from experiments.coldfusion.report import LABELS, rows
+
+BLOCKS = (("seen", ("probe", "finetune")), ("held_out", ("probe", "finetune", "fewshot_probe", "fewshot_finetune")))
+
+
+def _mean_sd(values: list[float]) -> str:
+    a = np.asarray(values, dtype=float) * 100
+    sd = float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    return f"{a.mean():.1f} ± {sd:.1f}"
+
+
+def _signed(values: list[float]) -> str:
+    a = np.asarray(values, dtype=float) * 100
+    sd = float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    return f"{a.mean():+.1f} ± {sd:.1f}"
+
+
+def _per_seed_average(results: list[dict], method: str, split: str, metric: str, key: str) -> list[float]:
+    flat = [x for x in rows(results, method) if x["split"] == split and x["metric"] == metric]
+    seeds = sorted({x["seed"] for x in flat})
+    return [float(np.mean([x[key] for x in flat if x["seed"] == s])) for s in seeds]
+
+
+def comparison_table(results: list[dict]) -> str:
+    """Average accuracy per block and metric: MiniLM, plain ColD, grouped ColD, grouped - plain."""
+    lines = ["| datasets | metric | MiniLM | plain ColD | grouped ColD | grouped - plain |", "|---|---|---|---|---|---|"]
+    for split, metrics in BLOCKS:
+        for metric in metrics:
+            orig = _per_seed_average(results, "grouped", split, metric, "original")
+            plain = _per_seed_average(results, "plain", split, metric, "fused")
+            grouped = _per_seed_average(results, "grouped", split, metric, "fused")
+            diff = [g - p for g, p in zip(grouped, plain)]
+            name = "seen" if split == "seen" else "held-out"
+            lines.append(f"| {name} | {LABELS[metric]} | {_mean_sd(orig)} | {_mean_sd(plain)} | {_mean_sd(grouped)} | "
+                         f"{_signed(diff)} |")
+    return "\n".join(lines)
+
+
+def per_dataset_seen(results: list[dict]) -> str:
+    """Seen datasets one by one: plain and grouped, probe and finetune (seeds averaged)."""
+    lines = ["| dataset | group | probe: plain | grouped | finetune: plain | grouped |", "|---|---|---|---|---|---|"]
+    groups = results[0]["grouped"]["final_groups"]
+    gid = {t: i for i, g in enumerate(groups) for t in g}
+    for task in results[0]["config"]["seen"]:
+        cells = [task, str(gid.get(task, "-"))]
+        for metric in ("probe", "finetune"):
+            cells += [_mean_sd([r["eval"]["plain"][task][metric] for r in results]),
+                      _mean_sd([r["eval"]["grouped"][task][metric] for r in results])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def affinity_table(g: dict) -> str:
+    """The tracked affinity the split read (rows: source task i, columns: target j, Z(i→j))."""
+    signal = g.get("affinity_signal") or next(iter(g["affinity"]))
+    tracked = g["affinity"][signal]
+    tasks, m = tracked["tasks"], tracked["matrix"]
+    lines = ["| Z(i→j), i \\ j | " + " | ".join(str(j + 1) for j in range(len(tasks))) + " |",
+             "|---|" + "---|" * len(tasks)]
+    for i, t in enumerate(tasks):
+        cells = ["—" if i == j else ("n/a" if v is None else f"{v:+.2e}") for j, v in enumerate(m[i])]
+        lines.append(f"| {i + 1} {t} | " + " | ".join(cells) + " |")
+    return f"signal `{signal}`:\n\n" + "\n".join(lines)
+
+
+def _groups_over_rounds(groups_per_round: list[list[list[str]]]) -> str:
+    spans: list[tuple[int, int, list[list[str]]]] = []
+    for r, groups in enumerate(groups_per_round):
+        if spans and spans[-1][2] == groups:
+            spans[-1] = (spans[-1][0], r, groups)
+        else:
+            spans.append((r, r, groups))
+    return "; ".join(f"rounds {a}-{b}: " + " | ".join("{" + ", ".join(g) + "}" for g in groups)
+                     for a, b, groups in spans)
+
+
+def grouped_markdown(results: list[dict], cfg) -> str:
+    """Everything the report says about grouped ColD Fusion (empty when no seed ran it)."""
+    mine = [r for r in results if "grouped" in r and "grouped" in r["eval"]]
+    if not mine:
+        return ""
+    g0 = mine[0]["grouped"]
+    plain_trainings = cfg.iterations * cfg.contributors
+    plain_examples = plain_trainings * cfg.local_steps * cfg.batch_size
+    out = [f"### Grouped ColD Fusion (`--grouping {g0['mode']}`), seed(s) {[r['seed'] for r in mine]}", ""]
+    for r in mine:
+        g = r["grouped"]
+        cov = g.get("affinity_coverage") or {}
+        plain_seconds = sum(it["seconds"] for it in r["fusion"]["iterations"])
+        out += [
+            (f"Seed {r['seed']}: groups {_groups_over_rounds(g['groups_per_round'])}. "
+             f"Affinity measured in {g['affinity_measured_rounds']} round(s) before the split; pair coverage "
+             f"(ordered pairs): " + ", ".join(f"{k} {v}" for k, v in cov.items()) + "."),
+            "",
+            (f"Client compute (every training is {cfg.local_steps} steps of {cfg.batch_size}): grouped "
+             f"{g['client_trainings']} contributor trainings, "
+             f"{g['client_trainings'] * cfg.local_steps * cfg.batch_size} examples, {g['train_seconds']:.0f} s of client "
+             f"training plus {g.get('affinity_seconds', 0.0):.1f} s of affinity measurement; plain {plain_trainings} "
+             f"trainings, {plain_examples} examples, {plain_seconds:.0f} s (fusion iterations, one process)."),
+            "",
+        ]
+        if g.get("events"):
+            out += ["Events: " + "; ".join(g["events"]) + ".", ""]
+        if g.get("affinity"):
+            out += ["Tracked affinity at the split (" + ("all pairs cross-client" if not cov.get("same-client") else
+                    "mixed coverage") + "), " + affinity_table(g), ""]
+    out += [f"Grouped vs plain, average accuracy %, mean ± sd over {len(mine)} seed(s) (same seeds, paired):", "",
+            comparison_table(mine), "", "Seen datasets one by one (group = final group index):", "",
+            per_dataset_seen(mine)]
+    return "\n".join(out)
