@@ -145,7 +145,7 @@ class Coordinator:
             pool = self.roster.pool(self.exchange, outbox, drawn, r, outcome)
             live = self.roster.live(online)
             if self.cfg.fraction < 1.0:
-                pool = with_coverage(self.groups, pool, live, self.cfg.seed, r)
+                pool = with_coverage(self.groups, pool, live, self.cfg.seed, r, every_task=self.affinity.measuring(r))
         with _phase(outcome, "schedule"):
             work, self.scheduler = assign(self.groups, pool, self.cfg, r, self.scheduler, outcome)
         with _phase(outcome, "train"):

@@ -4,7 +4,8 @@ The algorithm is `strategies.scheduler.schedule_round`; this step feeds it the r
 clients and turns its plan into work items. Scheduler ids are positions in the name-sorted pool:
 stable across a resume, unlike Flower node ids, so a resumed run schedules as an uninterrupted
 one. When the run samples (`fraction` < 1), a group none of the drawn clients can train gets
-one known client that can, so no group starves because of the draw.
+one known client that can, so no group starves because of the draw; in rounds that measure
+affinity, so does every task of a merged group, so no pair the split reads goes unmeasured.
 """
 
 from __future__ import annotations
@@ -27,14 +28,22 @@ class Work:
 
 
 def with_coverage(groups: list[TaskGroup], pool: dict[int, ClientInfo], known: dict[int, ClientInfo],
-                  seed: int, round_: int) -> dict[int, ClientInfo]:
+                  seed: int, round_: int, every_task: bool = False) -> dict[int, ClientInfo]:
     """`pool` plus, for each group no pooled client can train, the first known client (in the
-    round's draw order) that can."""
+    round's draw order) that can.
+
+    `every_task` (rounds that measure affinity): also one holder of every task of a group with
+    two or more tasks, so that every pair a split reads is measured even when a round samples a
+    few of many one-dataset contributors (ColD Fusion's setting).
+    """
     pool = dict(pool)
-    for g in groups:
-        if any(set(c.tasks) & set(g.tasks) for c in pool.values()):
+    needs = [tuple(g.tasks) for g in groups]
+    if every_task:
+        needs += [(t,) for g in groups if len(g.tasks) > 1 for t in g.tasks]
+    for tasks in needs:
+        if any(set(c.tasks) & set(tasks) for c in pool.values()):
             continue
-        able = [n for n, c in known.items() if n not in pool and set(c.tasks) & set(g.tasks)]
+        able = [n for n, c in known.items() if n not in pool and set(c.tasks) & set(tasks)]
         if able:
             pick = min(able, key=lambda n: draw_order(seed, round_, f"cover/{known[n].name}"))
             pool[pick] = known[pick]

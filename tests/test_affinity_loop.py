@@ -59,3 +59,14 @@ def test_all_in_one_measures_nothing_unless_monitoring_is_asked(tmp_path) -> Non
     assert all(r["compute"]["affinity_seconds"] == 0 for r in quiet.rounds[1:])
     _, watched = _mas(tmp_path / "watched", "few", mode="all-in-one", rounds=2, **{"split-round": 1, "affinity-monitor": True})
     assert all(r.get("affinity") for r in watched.rounds[1:])
+
+
+def test_sampled_rounds_that_measure_ask_a_holder_of_every_task(tmp_path) -> None:
+    """One dataset per client and 2 of 8 clients drawn a round (ColD Fusion's setting): the
+    measuring rounds add a holder of every task, so every pair the split reads is measured; the
+    rounds after the split train what they draw (plus a client for a group none of them holds)."""
+    suite, history = _mas(tmp_path, "one", rounds=3, fraction=0.25, **{"split-round": 2, "min-clients": 8})
+    rounds = history.rounds
+    assert [len(r["clients"]) for r in rounds[1:3]] == [8, 8]
+    assert rounds[2]["affinity"]["coverage"]["summary"] == {"same-client": 0, "cross-client": 56, "never": 0}
+    assert len(rounds[3]["clients"]) < 8
