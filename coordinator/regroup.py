@@ -65,7 +65,7 @@ def split(state: GroupState, affinity: AffinityBook, max_groups: int, margin: fl
     state.groups = groups
     state.next_gid += len(groups)
     state.stash, state.merged_at = {}, None
-    outcome.events.append(f"split into {grouping} (score {proposal.score:.4f})")
+    outcome.events.append(f"split into {grouping} (score {proposal.score:.4g})")
     if resumed:
         outcome.events.append(f"groups {resumed} resume from their own bodies before the merge")
     log(f"  split into {len(grouping)} groups: {grouping}")
