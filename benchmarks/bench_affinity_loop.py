@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_affinity_loop.py [--steps 10] [--seeds 5]
 
-The real `Coordinator` on an in-process grid (tests/test_affinity_loop.py's `_mas`: mode mas,
+The real `Coordinator` on an in-process grid (testbed/planted_loop.py's `planted_mas`: mode mas,
 8 planted tasks in groups of 3+3+2, 8 clients, 3 measured merged rounds, 30 local steps, batch
 64, lr 0.1, affinity-method gradients). Both signals are read from the same measurements (the
 history keeps both tracked matrices). Prints ARI per run and the failures per signal, and the
@@ -20,7 +20,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from strategies.grouping import best_grouping  # noqa: E402
 from testbed.affinity_harness import grouping_ari  # noqa: E402
-from tests.test_affinity_loop import HOLDINGS, _mas  # noqa: E402
+from testbed.planted_loop import HOLDINGS, planted_mas  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     for case in HOLDINGS:
         for seed in range(args.seeds):
             with tempfile.TemporaryDirectory() as d:
-                suite, h = _mas(pathlib.Path(d), case, seed, **{"affinity-steps": args.steps})
+                suite, h = planted_mas(pathlib.Path(d), case, seed, **{"affinity-steps": args.steps})
             r = h.rounds
             train = sum(x["compute"]["train_seconds"] for x in r[1:])
             share = sum(x["compute"]["affinity_seconds"] for x in r[1:]) / train

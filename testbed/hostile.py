@@ -21,13 +21,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from client import app as honest
 from strategies.affinity import GradientReport
-from testbed.hostile_affinity import forge_gradient_report
 from tasks import protocol as P
+from testbed.hostile_affinity import forge_gradient_report
 
 BEHAVIOURS = {
     # every message
@@ -175,7 +183,7 @@ def train(msg: Message, context: Context) -> Message:
         records[P.AFFINITY] = reply.content[P.AFFINITY]
     grad_forgery = next((b[len("t-grad-"):] for b in evil if b.startswith("t-grad-")), None)
     if grad_forgery:
-        records[P.AFFINITY], metrics = _forged_summaries(grad_forgery, records.get(P.AFFINITY), metrics, tasks, msg)
+        records[P.AFFINITY], metrics = _forged_summaries(grad_forgery, records.get(P.AFFINITY), metrics, tasks)
     if "t-oversized" in evil:
         record = ArrayRecord(state)
         arr = record[body_key]
@@ -212,8 +220,7 @@ def train(msg: Message, context: Context) -> Message:
     return _rebuild(reply, msg, records)
 
 
-def _forged_summaries(kind: str, record: ArrayRecord | None, metrics: dict, tasks: list[str],
-                      msg: Message) -> tuple[ArrayRecord, dict]:
+def _forged_summaries(kind: str, record: ArrayRecord | None, metrics: dict, tasks: list[str]) -> tuple[ArrayRecord, dict]:
     """The honest gradient summaries forged (`testbed.hostile_affinity`), or, when the message
     asked for none, summaries of random numbers it was never asked for."""
     if record is not None:
@@ -223,8 +230,7 @@ def _forged_summaries(kind: str, record: ArrayRecord | None, metrics: dict, task
         rng = np.random.default_rng(0)
         report = GradientReport("", {t: rng.standard_normal(64).astype(np.float32) for t in tasks},
                                 {t: 1 for t in tasks}, {t: 1 for t in tasks}, {t: 1.0 for t in tasks}, seed=0)
-    suite_tasks = list(tasks) + ["ghost"]
-    forged = forge_gradient_report(kind, report, suite_tasks)
+    forged = forge_gradient_report(kind, report, list(tasks) + ["ghost"])  # "foreign" claims a task it never had
     arrays, more = forged.to_wire()
     keep = {k: v for k, v in metrics.items()
             if not k.startswith((P.AFFINITY_STEPS + ".", P.AFFINITY_EXAMPLES + ".", P.AFFINITY_LOSS + "."))}

@@ -5,31 +5,11 @@ measures only in the merged rounds the split reads, and says per pair how it was
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from coordinator.config import RunConfig
-from coordinator.loop import Coordinator
-import numpy as np
-
 from testbed.affinity_harness import grouping_ari
-from testbed.inprocess import InProcessGrid
-from testbed.planted_mix import suite_name
-from tasks.registry import load_suite
-
-CLIENTS = 8
-HOLDINGS = {"all": 8, "few": 4, "two": 2, "one": 1}  # tasks each client holds (of 8)
-
-
-def _mas(tmp_path, case: str, seed: int = 0, **overrides):
-    name = suite_name(num_groups=3, tasks_per_group=(3, 3, 2), train_per_task=512, teacher_seed=seed,
-                      tasks_per_client=HOLDINGS[case])
-    cfg = RunConfig.from_dict({
-        "suite": name, "mode": "mas", "rounds": 4, "split-round": 3, "max-groups": 3, "min-clients": CLIENTS,
-        "local-steps": 30, "batch-size": 64, "lr": 0.1, "seed": seed, "evaluate-every": 4, "plots": False,
-        "out": str(tmp_path),
-    } | overrides)
-    coordinator = Coordinator(InProcessGrid(CLIENTS), cfg, log=lambda line: None)
-    return load_suite(name), coordinator.run()
+from testbed.planted_loop import planted_mas as _mas
 
 
 @pytest.mark.parametrize("case,seed", [("all", 0), ("few", 0), ("few", 1), ("two", 0), ("one", 0), ("one", 1)])
