@@ -18,6 +18,7 @@ from client.data import client_name, client_suite, local_tasks
 from client.timing import timing_mod
 from client.training import TrainConfig, evaluate_multitask, resolve_device, train_multitask
 from tasks import protocol as P
+from tasks.packing import pack, unpack
 
 app = ClientApp(mods=[timing_mod])  # records per-message timing only when FEDMTL_CLIENT_TIMING is set
 
@@ -34,17 +35,28 @@ def _data(context: Context, cfg: dict):
     return local_tasks(dict(context.node_config), str(cfg["suite"]), int(cfg.get("data-seed", 0)), str(cfg.get("data-root", "")))
 
 
-def _model(record: ArrayRecord, context: Context, cfg: dict, tasks: list[str]):
+def packed_records(state: dict[str, torch.Tensor]) -> tuple[ArrayRecord, ConfigRecord]:
+    """A state dict as Flower records: (flat arrays, layout), see `tasks.packing`."""
+    buffers, layout = pack(state)
+    return ArrayRecord({dtype: Array(buf) for dtype, buf in buffers.items()}), ConfigRecord(layout)
+
+
+def received_state(msg: Message, model_key: str = P.MODEL, layout_key: str = P.LAYOUT) -> dict[str, torch.Tensor]:
+    """The packed model a message carries, unpacked (in the coordinator's order)."""
+    arrays = msg.content[model_key]
+    return unpack({dtype: arrays[dtype].numpy() for dtype in arrays.keys()}, dict(msg.content[layout_key]))
+
+
+def _model(sent: dict[str, torch.Tensor], context: Context, cfg: dict, tasks: list[str]):
     """Rebuild the group's model for `tasks` and load the weights the coordinator sent.
 
-    The record holds the group's whole model (one record serves every client of the group);
-    only the body and the heads of `tasks` are decoded and loaded. The suite is one this client
-    trusts (`client.data.client_suite`).
+    `sent` is the group's whole model (one record serves every client of the group); only the
+    body and the heads of `tasks` are loaded. The suite is one this client trusts
+    (`client.data.client_suite`).
     """
     model = client_suite(dict(context.node_config), str(cfg["suite"])).build_model(tasks)
     wanted = set(model.state_dict())
-    state = {k: torch.from_numpy(record[k].numpy()) for k in record.keys() if k in wanted}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({k: v for k, v in sent.items() if k in wanted}, strict=True)
     return model
 
 
@@ -82,7 +94,8 @@ def train(msg: Message, context: Context) -> Message:
     tasks = [t for t in cfg["tasks"] if t in data]
     if not tasks:
         raise ValueError(f"asked to train tasks {list(cfg['tasks'])} but this client holds {sorted(data)}")
-    model = _model(msg.content[P.MODEL], context, cfg, tasks)
+    sent = received_state(msg)
+    model = _model(sent, context, cfg, tasks)
     train_cfg = TrainConfig(
         local_epochs=int(cfg.get("local-epochs", 1)),
         local_steps=int(cfg.get("local-steps", 0)),
@@ -111,10 +124,14 @@ def train(msg: Message, context: Context) -> Message:
         arrays, grad_metrics = result.gradients.to_wire()
         metrics.update(grad_metrics)
         records[P.AFFINITY] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # Packed in the order of the model it was sent: the coordinator expects exactly that layout.
+    trained = model.state_dict()
+    state = {k: trained[k] for k in sent if k in trained} | {k: v for k, v in trained.items() if k not in sent}
+    arrays, layout = packed_records(state)
     content = RecordDict(
         {
-            P.MODEL: ArrayRecord(state),
+            P.MODEL: arrays,
+            P.LAYOUT: layout,
             P.METRICS: MetricRecord(metrics),
             **records,
         }
@@ -144,8 +161,8 @@ def _affinity_config(cfg: dict) -> dict:
 def evaluate(msg: Message, context: Context) -> Message:
     """Per-task accuracy and loss of the received models on this client's own test split.
 
-    One message carries a model per task group this client holds tasks of ("model.<gid>",
-    with the tasks to evaluate in config "tasks.<gid>").
+    One message carries a packed model per task group this client holds tasks of
+    ("model.<gid>" and "layout.<gid>", with the tasks to evaluate in config "tasks.<gid>").
     """
     cfg = _config(msg)
     data = _data(context, cfg)
@@ -155,7 +172,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         tasks = [t for t in cfg[P.group_key("tasks", gid)] if t in data]
         if not tasks:
             continue
-        model = _model(msg.content[P.group_key(P.MODEL, gid)], context, cfg, tasks)
+        sent = received_state(msg, P.group_key(P.MODEL, gid), P.group_key(P.LAYOUT, gid))
+        model = _model(sent, context, cfg, tasks)
         for t, r in evaluate_multitask(model, data, tasks, device=str(cfg.get("device", "auto"))).items():
             for name, value in r.items():
                 metrics[P.task_key(name, t)] = value

@@ -2,9 +2,11 @@
 
 Two jobs, both thin:
 
-* `Outbox` builds query, train and evaluate messages. A group's model becomes ONE ArrayRecord
-  per round (per model version), shared by every message that carries it: it is serialised
-  once, and Flower's content addressing uploads it once however many clients receive it.
+* `Outbox` builds query, train and evaluate messages. A group's model is packed
+  (`tasks.packing`: one flat array per dtype, an ArrayRecord, plus its layout, a ConfigRecord)
+  once per round (per model version), and the pair is shared by every message that carries it:
+  it is serialised once, Flower's content addressing uploads it once however many clients
+  receive it, and it is a handful of Flower objects instead of two per tensor.
 * `Exchange` pushes messages and pulls their replies *as they arrive* (Flower's
   `push_messages` / `pull_messages`), matching each reply to the message it answers by Flower's
   reply-to id — never by anything the client wrote. The caller folds each reply in (streaming
@@ -16,15 +18,17 @@ Everything else in the coordinator deals in plain Python types and `strategies/`
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from coordinator.config import RunConfig
 from coordinator.state import TaskGroup
 from tasks import protocol as P
+from tasks.packing import pack
 
 
 @dataclass(frozen=True)
@@ -56,20 +60,27 @@ def train_group_id(round_: int, gid: int) -> str:
     return f"round-{round_}.group-{gid}"
 
 
+def packed_records(state: Mapping[str, torch.Tensor]) -> tuple[ArrayRecord, ConfigRecord]:
+    """A state dict as Flower records: (flat arrays, layout), see `tasks.packing`."""
+    buffers, layout = pack(state)
+    return ArrayRecord({dtype: Array(buf) for dtype, buf in buffers.items()}), ConfigRecord(layout)
+
+
 class Outbox:
-    """Builds one round's messages; each group model is turned into an ArrayRecord once."""
+    """Builds one round's messages; each group model is packed into records once."""
 
     def __init__(self, cfg: RunConfig, round_: int) -> None:
         self.cfg = cfg
         self.round = round_
-        self._records: dict[tuple[int, int], ArrayRecord] = {}
+        self._records: dict[tuple[int, int], tuple[ArrayRecord, ConfigRecord]] = {}
 
-    def model_record(self, group: TaskGroup) -> ArrayRecord:
-        """The group's whole model (body and every head) as one shared record; rebuilt only when
-        the group's weights changed (`group.version`)."""
+    def model_records(self, group: TaskGroup) -> tuple[ArrayRecord, ConfigRecord]:
+        """The group's whole model (body and every head, in `state_for(group.tasks)` order),
+        packed, as one shared (arrays, layout) pair; rebuilt only when the group's weights
+        changed (`group.version`)."""
         key = (group.gid, group.version)
         if key not in self._records:
-            self._records[key] = ArrayRecord(group.state_for(group.tasks))
+            self._records[key] = packed_records(group.state_for(group.tasks))
         return self._records[key]
 
     def query(self, node: int) -> tuple[Message, Sent]:
@@ -82,17 +93,18 @@ class Outbox:
         `extra` carries the round's training and measurement settings (see `coordinator.train`).
         """
         config = base_config(self.cfg, self.round) | {"group": group.gid, "tasks": list(tasks)} | extra
-        content = RecordDict({P.MODEL: self.model_record(group), P.CONFIG: ConfigRecord(config)})
+        arrays, layout = self.model_records(group)
+        content = RecordDict({P.MODEL: arrays, P.LAYOUT: layout, P.CONFIG: ConfigRecord(config)})
         msg = Message(content, dst_node_id=node, message_type=P.TRAIN, group_id=train_group_id(self.round, group.gid))
         return msg, Sent(P.TRAIN, node, group.gid, tuple(tasks), attempt=attempt)
 
     def evaluate(self, node: int, groups: list[tuple[TaskGroup, list[str]]]) -> tuple[Message, Sent]:
-        """One message evaluates every group this client holds tasks of (one model record each)."""
+        """One message evaluates every group this client holds tasks of (one packed model each)."""
         config = base_config(self.cfg, self.round) | {P.EVAL_GROUPS: [g.gid for g, _ in groups]}
         records: dict = {}
         for g, tasks in groups:
             config[P.group_key("tasks", g.gid)] = list(tasks)
-            records[P.group_key(P.MODEL, g.gid)] = self.model_record(g)
+            records[P.group_key(P.MODEL, g.gid)], records[P.group_key(P.LAYOUT, g.gid)] = self.model_records(g)
         content = RecordDict(records | {P.CONFIG: ConfigRecord(config)})
         asked = {g.gid: tuple(tasks) for g, tasks in groups}
         every = tuple(t for ts in asked.values() for t in ts)

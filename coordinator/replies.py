@@ -4,20 +4,24 @@
 the message it answers (matched by Flower's reply-to id, see `coordinator.messaging`), and
 return either the decoded result or a `Refused` naming every problem. Nothing a client writes
 decides which group a reply belongs to, how many examples it weighs, or how much memory it
-costs: records, keys, dtypes, shapes and byte sizes are checked against what was asked *before*
-any array is decoded, counts are bounded by what the client declared when it joined (itself
-bounded by `max-examples`), and the update itself goes through `strategies.validation`.
+costs: records, keys, a packed model's layout (`tasks.packing`), dtypes, shapes and byte sizes
+are checked against what was asked *before* any array is decoded, counts are bounded by what
+the client declared when it joined (itself bounded by `max-examples`), and the update itself
+goes through `strategies.validation`.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import SType
+from numpy.lib import format as npy_format
 
 from coordinator.affinity_ask import NOTHING, AffinityAsk
 from coordinator.messaging import Sent
@@ -30,6 +34,7 @@ from strategies.fusion import ClientUpdate
 from strategies.validation import ValidationPolicy
 from tasks import protocol as P
 from tasks.models import split_state
+from tasks.packing import Layout, unpack
 
 NPY_HEADER_SLACK = 4096  # bytes an .npy header may add to an array's raw size
 MAX_ENTRIES = 4096  # metrics (or listed tasks) one reply may carry
@@ -95,38 +100,149 @@ def _finite(value: object) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
+def _read_npy(data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode .npy bytes whose header says exactly `dtype` and `shape` (C order) and whose payload
+    is exactly that long; ValueError otherwise. Unlike `np.load`, nothing is allocated from what
+    the header claims before it has been checked against what was expected."""
+    f = io.BytesIO(data)
+    try:
+        version = npy_format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"npy format version {version} not accepted")
+        read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        got_shape, fortran, got_dtype = read(f)
+    except Exception as exc:  # whatever numpy's header parser raises on garbage
+        raise ValueError(f"unreadable npy header ({type(exc).__name__}: {short(exc)})") from None
+    if str(got_dtype) != dtype or tuple(got_shape) != tuple(shape) or fortran:
+        raise ValueError(f"npy header says {short(got_dtype)} {tuple(got_shape)[:8]}"
+                         f"{' (Fortran order)' if fortran else ''}, expected {dtype} {tuple(shape)}")
+    count = math.prod(shape)
+    payload = len(data) - f.tell()
+    if payload != count * got_dtype.itemsize:
+        raise ValueError(f"npy payload is {payload} bytes, {dtype} {tuple(shape)} needs {count * got_dtype.itemsize}")
+    return np.frombuffer(data, dtype=got_dtype, count=count, offset=f.tell()).reshape(shape).copy()
+
+
+def _check_array(array: Array, where: str, dtype: str, shape: tuple[int, ...], why: str = "") -> list[str]:
+    """A Flower Array's metadata (not its payload) against the dtype and shape expected of it."""
+    problems = []
+    if array.stype != SType.NUMPY:
+        problems.append(f"{where}: serialisation {short(array.stype)!r}, expected {SType.NUMPY!r}")
+    if str(array.dtype) != dtype:
+        problems.append(f"{where}: dtype {short(array.dtype)}, expected {dtype}")
+    if tuple(array.shape) != tuple(shape):
+        problems.append(f"{where}: shape {tuple(array.shape)[:8]}, expected {tuple(shape)}{why}")
+    limit = math.prod(shape) * np.dtype(dtype).itemsize + NPY_HEADER_SLACK
+    if len(array.data) > limit:
+        problems.append(f"{where}: {len(array.data)} bytes, more than the {limit} its shape needs")
+    return problems
+
+
 def _decode_state(record: ArrayRecord, expected: dict[str, torch.Tensor], where: str) -> tuple[dict, list[str]]:
-    """Decode an ArrayRecord whose every key, dtype, shape and byte size matches `expected`
-    (checked first, from the record's metadata: nothing oversized or unexpected is decoded)."""
+    """Decode an unpacked ArrayRecord (one Array per key: the gradient summaries) whose every key,
+    dtype, shape and byte size matches `expected` (checked first, from the record's metadata:
+    nothing oversized or unexpected is decoded)."""
     problems: list[str] = []
     unexpected = [k for k in record.keys() if k not in expected]
     if unexpected:
         shown = ", ".join(repr(short(k)) for k in unexpected[:5])
         problems.append(f"{where}: unexpected arrays {shown}" + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
+    want = Layout.of(expected)
+    specs = dict(zip(want.names, zip(want.dtypes, want.shapes)))
     for key in record.keys():
-        if key not in expected:
-            continue
-        array, ref = record[key], expected[key]
-        want_dtype = str(torch.empty(0, dtype=ref.dtype).numpy().dtype)
-        if str(array.dtype) != want_dtype:
-            problems.append(f"{where}.{key}: dtype {short(array.dtype)}, expected {want_dtype}")
-        if tuple(array.shape) != tuple(ref.shape):
-            problems.append(f"{where}.{key}: shape {tuple(array.shape)[:8]}, expected {tuple(ref.shape)}")
-        limit = ref.element_size() * ref.numel() + NPY_HEADER_SLACK
-        if len(array.data) > limit:
-            problems.append(f"{where}.{key}: {len(array.data)} bytes, more than the {limit} its shape needs")
+        if key in specs:
+            problems += _check_array(record[key], f"{where}.{key}", *specs[key])
     if problems:
         return {}, problems
     state: dict[str, torch.Tensor] = {}
     for key in record.keys():
         try:
-            value = torch.from_numpy(np.ascontiguousarray(record[key].numpy()))
-        except Exception as exc:  # a malformed .npy payload
-            return {}, [f"{where}.{key}: unreadable array ({type(exc).__name__}: {short(exc)})"]
-        if tuple(value.shape) != tuple(expected[key].shape) or value.dtype != expected[key].dtype:
-            return {}, [f"{where}.{key}: payload is {value.dtype} {tuple(value.shape)[:8]}, its header said otherwise"]
-        state[key] = value
+            state[key] = torch.from_numpy(_read_npy(record[key].data, *specs[key]))
+        except ValueError as exc:
+            return {}, [f"{where}.{key}: {exc}"]
     return state, []
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(repr(short(n)) for n in names[:5])
+    return shown + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+
+
+def _check_layout(got: Layout, want: Layout, where: str) -> list[str]:
+    """A client's layout against the expected one: the same names, once each, in the same order,
+    each with exactly the expected dtype and shape."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    twice: list[str] = []
+    for n in got.names:
+        if n in seen and n not in twice:
+            twice.append(n)
+        seen.add(n)
+    wanted = set(want.names)
+    unexpected = [n for n in dict.fromkeys(got.names) if n not in wanted]
+    missing = [n for n in want.names if n not in seen]
+    if unexpected:
+        problems.append(f"{where}: layout names {_names(unexpected)} not expected")
+    if missing:
+        problems.append(f"{where}: layout lacks {_names(missing)}")
+    if twice:
+        problems.append(f"{where}: layout lists {_names(twice)} more than once")
+    if not problems and got.names != want.names:
+        i = next(i for i, (a, b) in enumerate(zip(got.names, want.names)) if a != b)
+        problems.append(f"{where}: layout order differs from the model's (position {i}: {short(got.names[i])!r}, "
+                        f"expected {want.names[i]!r})")
+    specs = dict(zip(want.names, zip(want.dtypes, want.shapes)))
+    mismatched = []
+    checked: set[str] = set()
+    for name, dtype, shape in zip(got.names, got.dtypes, got.shapes):
+        if name not in specs or name in checked:  # a name listed twice is judged by its first entry
+            continue
+        checked.add(name)
+        want_dtype, want_shape = specs[name]
+        if dtype != want_dtype:
+            mismatched.append(f"{where}.{name}: layout dtype {short(dtype)}, expected {want_dtype}")
+        if shape != want_shape:
+            mismatched.append(f"{where}.{name}: layout shape {shape[:8]}{'...' if len(shape) > 8 else ''}, "
+                              f"expected {want_shape}")
+    problems += mismatched[:10] + ([f"{where}: {len(mismatched) - 10} more layout mismatches"] if len(mismatched) > 10 else [])
+    return problems
+
+
+def _decode_packed(arrays: ArrayRecord, layout: ConfigRecord, expected: dict[str, torch.Tensor],
+                   where: str) -> tuple[dict, list[str]]:
+    """Decode a packed model (`tasks.packing`) whose layout is exactly that of `expected`.
+
+    Checked in this order, each step only if the last passed, nothing decoded before the end:
+    the layout's structure (entries, types, lengths, no negative sizes), the layout against the
+    expected one (names, order, dtypes, shapes), then the flat arrays' metadata (one per dtype,
+    of that dtype, exactly as long as the layout declares, no more bytes than that needs), then
+    the payload (its npy header must agree, byte for byte as long as declared)."""
+    try:
+        got = Layout.from_wire(dict(layout))
+    except ValueError as exc:
+        return {}, [f"{where}: {short(exc)}"]
+    want = Layout.of(expected)
+    problems = _check_layout(got, want, where)
+    if problems:
+        return {}, problems
+    counts = want.counts()  # = got.counts(): the layouts are equal
+    keys = list(arrays.keys())
+    unexpected = [k for k in keys if k not in counts]
+    if unexpected:
+        problems.append(f"{where}: unexpected arrays {_names(unexpected)} (the layout's dtypes are {list(counts)})")
+    problems += [f"{where}: no {d} array for the layout's {d} tensors" for d in counts if d not in keys]
+    for dtype in (k for k in keys if k in counts):
+        problems += _check_array(arrays[dtype], f"{where}.{dtype}", dtype, (counts[dtype],),
+                                 f" (the {counts[dtype]} elements its layout declares)")
+    if problems:
+        return {}, problems
+    buffers = {}
+    for dtype, n in counts.items():
+        try:
+            buffers[dtype] = _read_npy(arrays[dtype].data, dtype, (n,))
+        except ValueError as exc:
+            return {}, [f"{where}.{dtype}: {short(exc)}"]
+    return unpack(buffers, want), []
 
 
 # ----------------------------------------------------------------------------- query
@@ -201,14 +317,16 @@ def read_train(
     that lies about what it measured is not trusted with the model either.
     """
     problems = _check_origin(reply, sent)
-    allowed = {P.MODEL: ArrayRecord, P.METRICS: MetricRecord, P.CONFIG: ConfigRecord, P.AFFINITY: ArrayRecord}
-    records, more = _records(reply, allowed, {P.MODEL, P.METRICS})
+    allowed = {P.MODEL: ArrayRecord, P.LAYOUT: ConfigRecord, P.METRICS: MetricRecord, P.CONFIG: ConfigRecord,
+               P.AFFINITY: ArrayRecord}
+    records, more = _records(reply, allowed, {P.MODEL, P.LAYOUT, P.METRICS})
     problems += more
     if problems:
         return Refused(problems)
     asked = list(sent.tasks)
-    expected = group.state_for(asked)
-    state, problems = _decode_state(records[P.MODEL], expected, "model")
+    # The client packs its update in the order of the model it was sent (the group's tasks).
+    expected = group.state_for([t for t in group.tasks if t in asked])
+    state, problems = _decode_packed(records[P.MODEL], records[P.LAYOUT], expected, "model")
     metrics = records[P.METRICS]
     if len(metrics) > max_metrics:
         problems.append(f"metrics: {len(metrics)} entries, more than the {max_metrics} a reply may carry")

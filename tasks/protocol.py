@@ -1,9 +1,10 @@
 """Names shared by the coordinator and the clients for what travels in Flower messages.
 
 Kept free of Flower imports so both sides (and tests) agree on one spelling. A message's
-RecordDict holds at most: MODEL (ArrayRecord of a state dict with `body.*`/`heads.<task>.*`),
-CONFIG (ConfigRecord: instructions), METRICS (MetricRecord: numbers coming back) and INFO
-(ConfigRecord: what a client reports about itself).
+RecordDict holds at most: MODEL (ArrayRecord: a state dict with `body.*`/`heads.<task>.*` keys,
+*packed*: one flat array per dtype, see `tasks.packing`) with its LAYOUT (ConfigRecord: names,
+dtypes and shapes), CONFIG (ConfigRecord: instructions), METRICS (MetricRecord: numbers coming
+back) and INFO (ConfigRecord: what a client reports about itself).
 """
 
 QUERY = "query"
@@ -11,6 +12,7 @@ TRAIN = "train"
 EVALUATE = "evaluate"
 
 MODEL = "model"
+LAYOUT = "layout"  # the layout of the packed MODEL record beside it (tasks.packing)
 CONFIG = "config"
 METRICS = "metrics"
 INFO = "info"
@@ -28,7 +30,8 @@ def task_key(prefix: str, task: str) -> str:
     return f"{prefix}.{task}"
 
 # An evaluate message carries one model per task group the client holds tasks of:
-# ArrayRecord "model.<gid>" and config "tasks.<gid>" (the tasks to evaluate with that model).
+# ArrayRecord "model.<gid>" with its ConfigRecord "layout.<gid>", and config "tasks.<gid>"
+# (the tasks to evaluate with that model).
 EVAL_GROUPS = "groups"
 
 

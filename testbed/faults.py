@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 
 import torch
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client import app as honest
@@ -67,15 +67,15 @@ def _fault_mod(msg: Message, context: Context, call_next) -> Message:
         return call_next(msg, context)
     if kind == "crash":
         raise RuntimeError(f"injected crash on partition {node.get('partition-id')}")
-    reference = msg.content[P.MODEL].to_torch_state_dict()
+    reference = honest.received_state(msg)
     reply = call_next(msg, context)
     if kind == "hang":
         time.sleep(float(node.get("hang-seconds", 3600.0)))
         return reply
     if reply.has_error():
         return reply
-    state = corrupt(kind, reply.content[P.MODEL].to_torch_state_dict(), reference)
-    reply.content[P.MODEL] = ArrayRecord(state)
+    state = corrupt(kind, honest.received_state(reply), reference)
+    reply.content[P.MODEL], reply.content[P.LAYOUT] = honest.packed_records(state)
     return reply
 
 

@@ -15,6 +15,7 @@ A behaviour's prefix says which reply it forges: `q-` query, `t-` train, `e-` ev
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -48,7 +49,7 @@ BEHAVIOURS = {
     "q-steal-name": "claims another client's name (steal-name)",
     "q-long-name": "a 100,000-character name",
     # train
-    "t-no-model": "train reply without its model record",
+    "t-no-model": "train reply without its model record (its layout still there)",
     "t-no-metrics": "train reply without its metrics record",
     "t-extra-record": "an extra, unexpected record",
     "t-extra-head": "a head for a task it was not asked to train",
@@ -73,7 +74,18 @@ BEHAVIOURS = {
     "t-grad-seed": "summaries sketched with another seed than the round's",
     "t-many-metrics": "100,000 metric entries",
     "t-wrong-reply": "a reply that answers no message",
-    "t-reordered": "the right keys in another order (valid: must fuse correctly)",
+    "t-reordered": "its records, metrics and arrays in another order (valid: must fuse correctly)",
+    # train, the packed model's layout (tasks.packing) and flat arrays: lies on the wire
+    "t-no-layout": "the packed model without its layout",
+    "t-layout-length": "layout lists of different lengths (one dtype short)",
+    "t-layout-duplicate": "a tensor name listed twice in the layout",
+    "t-layout-huge": "a layout shape claiming 10^12 elements",
+    "t-layout-type": "layout dims as strings",
+    "t-layout-foreign": "the layout names a foreign head instead of its own (arrays unchanged)",
+    "t-layout-order": "the model packed in another order than the one it was sent",
+    "t-layout-negative": "a negative dimension (its neighbour larger: the sizes still add up)",
+    "t-wire-dtype": "the float32 array's bytes declared as float64",
+    "t-npy-header": "the flat array's npy header claims 10^12 elements",
     # evaluate
     "e-no-metrics": "evaluate reply without metrics",
     "e-accuracy": "accuracy 2.0",
@@ -156,9 +168,8 @@ def train(msg: Message, context: Context) -> Message:
         other = Message(RecordDict(), dst_node_id=msg.metadata.dst_node_id, message_type=P.TRAIN)
         other.metadata.__dict__["_message_id"] = "not-a-message-the-coordinator-sent"
         return Message(reply.content, reply_to=other)
-    model = reply.content[P.MODEL]
     metrics = dict(reply.content[P.METRICS])
-    state = model.to_torch_state_dict()
+    state = honest.received_state(reply)
     body_key = next(k for k in state if k.startswith("body.") and state[k].is_floating_point())
     tasks = list(dict(msg.content[P.CONFIG])["tasks"])
     if "t-extra-head" in evil:
@@ -173,22 +184,18 @@ def train(msg: Message, context: Context) -> Message:
     if "t-nan" in evil:
         state[body_key] = torch.full_like(state[body_key], float("nan"))
     if "t-huge" in evil:
-        sent = msg.content[P.MODEL].to_torch_state_dict()
+        sent = honest.received_state(msg)
         state = {k: sent[k] + 1e8 * (v - sent[k]) if k.startswith("body.") and v.is_floating_point() else v
                  for k, v in state.items()}
-    if "t-reordered" in evil:
+    if "t-layout-order" in evil:
         state = dict(reversed(list(state.items())))
-    records: dict = {P.MODEL: ArrayRecord(state), P.METRICS: None}
+    arrays, layout = _forged_packing(evil, state, tasks)
+    records: dict = {P.MODEL: arrays, P.LAYOUT: layout, P.METRICS: None}
     if P.AFFINITY in reply.content:
         records[P.AFFINITY] = reply.content[P.AFFINITY]
     grad_forgery = next((b[len("t-grad-"):] for b in evil if b.startswith("t-grad-")), None)
     if grad_forgery:
         records[P.AFFINITY], metrics = _forged_summaries(grad_forgery, records.get(P.AFFINITY), metrics, tasks)
-    if "t-oversized" in evil:
-        record = ArrayRecord(state)
-        arr = record[body_key]
-        record[body_key] = Array(dtype=arr.dtype, shape=arr.shape, stype=arr.stype, data=arr.data * 100)
-        records[P.MODEL] = record
     if "t-inflate-examples" in evil:
         metrics |= {P.task_key(P.EXAMPLES, t): 10**9 for t in tasks}
     if "t-float-examples" in evil:
@@ -213,11 +220,55 @@ def train(msg: Message, context: Context) -> Message:
     records[P.METRICS] = MetricRecord(metrics)
     if "t-no-model" in evil:
         del records[P.MODEL]
+    if "t-no-layout" in evil:
+        del records[P.LAYOUT]
     if "t-no-metrics" in evil:
         del records[P.METRICS]
     if "t-extra-record" in evil:
         records["payload"] = ArrayRecord({"x": torch.zeros(1000)})
+    if "t-reordered" in evil:
+        records = dict(reversed(list(records.items())))
+        records[P.METRICS] = MetricRecord(dict(reversed(list(metrics.items()))))
+        records[P.MODEL] = ArrayRecord(dict(reversed(list(records[P.MODEL].items()))))
     return _rebuild(reply, msg, records)
+
+
+def _forged_packing(evil: set[str], state: dict[str, torch.Tensor], tasks: list[str]) -> tuple[ArrayRecord, ConfigRecord]:
+    """`state` packed as the honest client packs it, then its layout or flat arrays forged."""
+    arrays, layout_record = honest.packed_records(state)
+    layout = dict(layout_record)
+    if "t-layout-length" in evil:
+        layout["dtypes"] = layout["dtypes"][:-1]
+    if "t-layout-duplicate" in evil:
+        layout["names"][1] = layout["names"][0]
+    if "t-layout-huge" in evil:  # the first tensor that has dims claims 10^12 elements (its other dims 1)
+        i = next(k for k, r in enumerate(layout["ranks"]) if r)
+        at, rank = sum(layout["ranks"][:i]), layout["ranks"][i]
+        layout["dims"][at:at + rank] = [10**12] + [1] * (rank - 1)
+    if "t-layout-type" in evil:
+        layout["dims"] = [str(d) for d in layout["dims"]]
+    if "t-layout-foreign" in evil:
+        own = f"heads.{tasks[0]}."
+        layout["names"] = [n.replace(own, "heads.ghost.", 1) if n.startswith(own) else n for n in layout["names"]]
+    if "t-layout-negative" in evil:  # two rank-1 tensors: sizes (a, b) claimed as (-1, a + b + 1)
+        i, j = [k for k, r in enumerate(layout["ranks"]) if r == 1][:2]
+        at = [sum(layout["ranks"][:k]) for k in (i, j)]
+        a, b = layout["dims"][at[0]], layout["dims"][at[1]]
+        layout["dims"][at[0]], layout["dims"][at[1]] = -1, a + b + 1
+    f32 = arrays["float32"] if "float32" in arrays else None  # t-dtype leaves none
+    if f32 is None:
+        return arrays, ConfigRecord(layout)
+    if "t-oversized" in evil:
+        arrays["float32"] = Array(dtype=f32.dtype, shape=f32.shape, stype=f32.stype, data=f32.data * 100)
+    if "t-wire-dtype" in evil:
+        arrays["float32"] = Array(dtype="float64", shape=(f32.shape[0] // 2,), stype=f32.stype, data=f32.data)
+    if "t-npy-header" in evil:
+        payload = np.load(io.BytesIO(f32.data))
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+        arrays["float32"] = Array(dtype=f32.dtype, shape=f32.shape, stype=f32.stype,
+                                  data=header.getvalue() + payload.tobytes())
+    return arrays, ConfigRecord(layout)
 
 
 def _forged_summaries(kind: str, record: ArrayRecord | None, metrics: dict, tasks: list[str]) -> tuple[ArrayRecord, dict]:

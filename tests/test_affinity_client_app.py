@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 
+from client.app import packed_records
 from strategies.affinity import (
     AffinityStats, GradientReport, body_num_params, sketch_dim, validate_gradient_report, window_steps,
 )
@@ -17,8 +18,8 @@ def _train(grid: InProcessGrid, node: int, tasks: list[str], extra: dict) -> Mes
     model = suite.build_model(tasks, seed=0)
     config = {"suite": "planted", "data-root": "", "data-seed": 0, "device": "cpu", "seed": 0, "round": 1, "group": 0,
               "tasks": tasks, "local-epochs": 1, "local-steps": 6, "batch-size": 16, "lr": 0.1, "momentum": 0.9} | extra
-    content = RecordDict({P.MODEL: ArrayRecord({k: v.detach() for k, v in model.state_dict().items()}),
-                          P.CONFIG: ConfigRecord(config)})
+    arrays, layout = packed_records(model.state_dict())
+    content = RecordDict({P.MODEL: arrays, P.LAYOUT: layout, P.CONFIG: ConfigRecord(config)})
     msg = Message(content, dst_node_id=node, message_type=P.TRAIN, group_id="round-1.group-0")
     (reply,) = grid.send_and_receive([msg], timeout=120)
     assert not reply.has_error(), reply.error
