@@ -14,6 +14,7 @@ PARTITIONS = 40  # fixed, so honest clients hold the same data in every run
 TRAIN = sorted(b for b in hostile.BEHAVIOURS if b.startswith("t-") and not hostile.honest_twin(b) and b != "t-wrong-reply")
 EVALUATE = sorted(b for b in hostile.BEHAVIOURS if b.startswith("e-"))
 QUERY = sorted(b for b in hostile.BEHAVIOURS if b.startswith("q-") and b != "q-steal-name")
+assert HONEST + len(TRAIN) <= PARTITIONS  # one partition per hostile client of the run below
 
 
 def _run(tmp_path, behaviours: list[str], honest: int = HONEST, **overrides):
@@ -43,12 +44,35 @@ def _same_models(coordinator, reference_models):
             assert torch.equal(v, reference_models[gid][k]), (gid, k)
 
 
+# What the refusal of a forged packed model (tasks.packing) must say: the record, array or
+# layout entry that lied, and how.
+WIRE_REASONS = {
+    "t-no-model": "missing record 'model'",
+    "t-no-layout": "missing record 'layout'",
+    "t-extra-head": "model: layout names 'heads.intruder.",
+    "t-extra-array": "model: layout names 'body.backdoor' not expected",
+    "t-shape": "layout shape (3, 3), expected",
+    "t-dtype": "layout dtype float64, expected float32",
+    "t-oversized": "model.float32: ",
+    "t-layout-length": "model: layout lists ",
+    "t-layout-duplicate": "more than once",
+    "t-layout-huge": "layout shape (1000000000000, ",
+    "t-layout-type": "model: layout dims holds ",
+    "t-layout-foreign": "model: layout names 'heads.ghost.",
+    "t-layout-order": "model: layout order differs",
+    "t-layout-negative": "model: layout has a negative dimension",
+    "t-wire-dtype": "model.float32: dtype float64, expected float32",
+    "t-npy-header": "model.float32: npy header says float32 (1000000000000,)",
+}
+
+
 def test_forged_train_and_evaluate_replies_are_refused_named_and_change_nothing(tmp_path, reference):
     # each hostile client forges one kind of train reply and one kind of evaluate reply
     behaviours = [f"{t},{EVALUATE[i % len(EVALUATE)]}" for i, t in enumerate(TRAIN)]
     coordinator, history, _ = _run(tmp_path, behaviours)
     ref_models, ref_history = reference
     hostile_names = {f"partition-{HONEST + i}" for i in range(len(behaviours))}
+    forged = {f"partition-{HONEST + i}": t for i, t in enumerate(TRAIN)}
     for r in (1, 2):
         entry = history.rounds[r]
         for kind in ("train", "evaluate"):
@@ -57,6 +81,8 @@ def test_forged_train_and_evaluate_replies_are_refused_named_and_change_nothing(
             assert refused == hostile_names and not dropped, (r, kind, sorted(hostile_names - refused), dropped)
         for e in entry["rejected"]:
             assert e["reasons"] and all(isinstance(x, str) and x for x in e["reasons"]), e
+            want = WIRE_REASONS.get(forged[e["client"]]) if e["kind"] == "train" else None
+            assert want is None or any(want in x for x in e["reasons"]), (forged[e["client"]], e["reasons"])
         assert entry["metrics"] == ref_history.rounds[r]["metrics"]
         assert entry["clients"] == ref_history.rounds[r]["clients"]
     _same_models(coordinator, ref_models)
@@ -95,7 +121,9 @@ def test_a_newcomer_claiming_a_connected_clients_name_is_refused(tmp_path):
 
 
 def test_valid_reply_with_keys_in_another_order_is_fused(tmp_path, reference):
-    """The right keys in another order are a valid reply: it must be used, and fused correctly."""
+    """The right records, metrics and arrays in another order are a valid reply: it must be used,
+    and fused correctly. (Tensors packed in another order than the model was sent in are not:
+    `t-layout-order`, refused above.)"""
     coordinator, history, _ = _run(tmp_path, ["t-reordered"])
     entry = history.rounds[1]
     assert not entry["rejected"] and len(entry["clients"]) == HONEST + 1
