@@ -208,3 +208,26 @@ def test_layout_of_a_state_lists_every_tensor_in_order():
     layout = Layout.of(_expected())
     assert layout.names == tuple(_expected()) and layout.counts() == {"float32": 26, "int64": 1}
     assert Layout.from_wire(layout.to_wire()) == layout
+
+
+def test_outbox_packs_each_group_model_once_and_shares_it_across_messages():
+    from coordinator.config import RunConfig
+    from coordinator.messaging import Outbox
+    from coordinator.state import TaskGroup
+    from tasks import protocol as P
+    from tasks.models import split_state
+    from testbed.inprocess import InProcessGrid
+
+    InProcessGrid(0)  # stamps this process with the task identity Flower's Message needs
+    suite = load_suite("tiny")
+    body, heads = split_state(suite.build_model().state_dict())
+    group = TaskGroup(0, list(suite.task_names), body, heads)
+    outbox = Outbox(RunConfig.from_dict({"suite": "tiny"}), 1)
+    (a, _), (b, _) = outbox.train(1, group, suite.task_names[:1], {}), outbox.train(2, group, suite.task_names[1:], {})
+    (e, _) = outbox.evaluate(3, [(group, suite.task_names)])
+    assert a.content[P.MODEL] is b.content[P.MODEL] is e.content[P.group_key(P.MODEL, 0)]
+    assert a.content[P.LAYOUT] is e.content[P.group_key(P.LAYOUT, 0)]
+    assert list(a.content[P.MODEL].keys()) == ["float32"]
+    assert dict(a.content[P.LAYOUT])["names"] == list(group.state_for(group.tasks))
+    group.version += 1  # new weights: packed again
+    assert outbox.train(1, group, suite.task_names, {})[0].content[P.MODEL] is not a.content[P.MODEL]
