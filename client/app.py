@@ -44,7 +44,7 @@ def packed_records(state: dict[str, torch.Tensor]) -> tuple[ArrayRecord, ConfigR
 def received_state(msg: Message, model_key: str = P.MODEL, layout_key: str = P.LAYOUT) -> dict[str, torch.Tensor]:
     """The packed model a message carries, unpacked (in the coordinator's order)."""
     arrays = msg.content[model_key]
-    return unpack({dtype: arrays[dtype].numpy() for dtype in arrays.keys()}, dict(msg.content[layout_key]))
+    return unpack({dtype: array.numpy() for dtype, array in arrays.items()}, dict(msg.content[layout_key]))
 
 
 def _model(sent: dict[str, torch.Tensor], context: Context, cfg: dict, tasks: list[str]):

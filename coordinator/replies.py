@@ -111,7 +111,7 @@ def _read_npy(data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
             raise ValueError(f"npy format version {version} not accepted")
         read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
         got_shape, fortran, got_dtype = read(f)
-    except Exception as exc:  # whatever numpy's header parser raises on garbage
+    except Exception as exc:  # noqa: BLE001 - whatever numpy's header parser raises on garbage
         raise ValueError(f"unreadable npy header ({type(exc).__name__}: {short(exc)})") from None
     if str(got_dtype) != dtype or tuple(got_shape) != tuple(shape) or fortran:
         raise ValueError(f"npy header says {short(got_dtype)} {tuple(got_shape)[:8]}"

@@ -255,7 +255,7 @@ def _forged_packing(evil: set[str], state: dict[str, torch.Tensor], tasks: list[
         at = [sum(layout["ranks"][:k]) for k in (i, j)]
         a, b = layout["dims"][at[0]], layout["dims"][at[1]]
         layout["dims"][at[0]], layout["dims"][at[1]] = -1, a + b + 1
-    f32 = arrays["float32"] if "float32" in arrays else None  # t-dtype leaves none
+    f32 = arrays.get("float32")  # t-dtype leaves none
     if f32 is None:
         return arrays, ConfigRecord(layout)
     if "t-oversized" in evil:

@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ConfigRecord
 
 from coordinator.messaging import packed_records
 from coordinator.replies import _decode_packed, _read_npy
