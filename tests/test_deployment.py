@@ -38,6 +38,10 @@ from launch.security import certificate_covers, certificate_sans
 from launch.service import COORDINATOR_INFO
 from launch.supernode import SuperNodeConfig, SuperNodeProcess, classify_supernode_output
 
+# Parallel runs (pytest-xdist, --dist loadgroup): the tests of the module-scoped `federation`
+# fixture run in one worker, in file order (some read what an earlier one left).
+same_federation = pytest.mark.xdist_group("federation")
+
 try:  # works whether or not tests/ is a package
     from tests.netns import NetnsLan, skip_unless_netns, stop_processes
 except ImportError:  # pragma: no cover
@@ -371,6 +375,7 @@ def _refused(fed: Federation, name: str, *args: Any) -> tuple[int, str, float]:
 
 
 @pytest.mark.slow
+@same_federation
 def test_unregistered_key_is_refused_fast(federation: Federation) -> None:
     fed = federation
     rc, out, dt = _refused(fed, "rogue", "client", "--coordinator", f"127.0.0.1:{fed.port}", "--data",
@@ -384,6 +389,7 @@ def test_unregistered_key_is_refused_fast(federation: Federation) -> None:
 
 
 @pytest.mark.slow
+@same_federation
 def test_keys_register_list_revoke_on_the_running_coordinator(federation: Federation,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """After the refusal above: accept the rogue key live, see it listed, revoke it (it never connects,
@@ -417,6 +423,7 @@ def test_keys_register_list_revoke_on_the_running_coordinator(federation: Federa
 
 
 @pytest.mark.slow
+@same_federation
 def test_client_without_the_ca_is_refused_fast(federation: Federation) -> None:
     fed = federation
     rc, out, dt = _refused(fed, "no-ca", "client", "--coordinator", f"127.0.0.1:{fed.port}", "--data",
@@ -429,6 +436,7 @@ def test_client_without_the_ca_is_refused_fast(federation: Federation) -> None:
 
 
 @pytest.mark.slow
+@same_federation
 def test_coordinator_and_three_clients_complete_a_run(federation: Federation) -> None:
     fed = federation
     rc = fed.coordinator.wait(timeout=480)
@@ -465,6 +473,7 @@ def test_coordinator_and_three_clients_complete_a_run(federation: Federation) ->
 
 
 @pytest.mark.slow
+@same_federation
 def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(federation: Federation) -> None:
     """Same run dir (registrations and node ids persist in state.db), results in --out second/."""
     fed = federation
@@ -507,6 +516,7 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(federation: F
 
 
 @pytest.mark.slow
+@same_federation
 def test_clients_stop_cleanly_on_ctrl_c_and_sigterm(federation: Federation) -> None:
     """Ctrl-C in a terminal (SIGINT to the foreground process group) and SIGTERM (docker stop)."""
     fed = federation

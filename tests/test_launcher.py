@@ -20,6 +20,10 @@ from launch.simulation import SimulationFailed, SimulationResources, check_fab, 
 from launch.superlink import SuperLinkConfig, SuperLinkProcess
 from testbed.flower_app import write_flower_app
 
+# Parallel runs (pytest-xdist, --dist loadgroup): every test that starts Ray runs in one worker,
+# one at a time (Ray's /tmp/ray files and CPU share are machine-wide).
+pytestmark = pytest.mark.xdist_group("ray")
+
 TINY_SERVER = '''\
 """Tiny ServerApp: query every node, then a few train rounds; one progress line each."""
 

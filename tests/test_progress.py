@@ -1,14 +1,10 @@
-"""Progress people and scripts can read: marker lines, the coordinator's human lines, the
-reporters' modes, and a real `fedmtl simulate --json --dashboard` whose every line parses."""
+"""Progress people and scripts can read: marker lines, the coordinator's human lines and the
+reporters' modes. A real `fedmtl simulate --json --dashboard` is parsed line by line in
+tests/test_simulation.py (its short simulation)."""
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
-
-import httpx
-import pytest
 
 from common.progress import marker_line, parse_line, parse_marker, round_event
 from fedmtl.progress import RunReporter, task_progress
@@ -83,35 +79,3 @@ def test_plain_quiet_and_rich_modes():
         advance("a")
         advance("b")
     assert [json.loads(line)["done"] for line in steps.getvalue().splitlines()] == [1, 2]
-
-
-@pytest.mark.slow
-def test_simulate_json_output_parses_and_the_dashboard_serves_the_run(tmp_path):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fedmtl.cli", "simulate", "--suite", "tiny", "--clients", "2", "--rounds", "2",
-           "--local-steps", "3", "--set", "affinity-every=0", "--set", "plots=false", "--out", str(out), "--json",
-           "--dashboard", "--dashboard-port", "0", "--timeout", "400"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    events, url, seen_live = [], None, None
-    try:
-        for line in proc.stdout:
-            event = json.loads(line)  # every stdout line is one JSON object
-            events.append(event)
-            if event.get("dashboard"):
-                url = event["dashboard"]
-            if event["event"] == "round" and event["round"] == 1 and url:
-                seen_live = httpx.get(url + "api/run", timeout=10).json()  # while the run goes on
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, proc.stderr.read()[-3000:]
-    rounds = [e for e in events if e["event"] == "round"]
-    assert [e["round"] for e in rounds] == [0, 1, 2] and all(e["rounds"] == 2 for e in rounds)
-    assert 0 <= rounds[-1]["mean_accuracy"] <= 1
-    assert [e["event"] for e in events if e["event"] == "joined"] == ["joined", "joined"]
-    assert events[-1]["event"] == "result" and events[-1]["status"] == "finished:completed"
-    assert seen_live is not None and seen_live["run"]["last_round"] >= 1
-    history = json.loads((out / "history.json").read_text())
-    assert rounds[-1]["mean_accuracy"] == pytest.approx(
-        sum(m["accuracy"] for m in history["rounds"][-1]["metrics"].values()) / len(history["tasks"]), abs=1e-3)
