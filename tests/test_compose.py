@@ -24,10 +24,6 @@ from coordinator.commands import coordinator as coordinator_cmd
 from coordinator.config import RunConfig
 from fedmtl import cli
 
-# Parallel runs (pytest-xdist, --dist loadgroup): this module's tests share a module-scoped
-# fixture, so they run in one worker, in file order.
-pytestmark = pytest.mark.xdist_group("compose")
-
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"

@@ -48,10 +48,6 @@ except ImportError:  # pragma: no cover
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Parallel runs (pytest-xdist, --dist loadgroup): this module's tests share a module-scoped
-# fixture, so they run in one worker, in file order.
-pytestmark = pytest.mark.xdist_group("gateway_limits")
-
 # A stand-in SuperLink: answers every POST with 200 and the body's sha256, and appends one JSON
 # line per *completed* request to argv[1]; `x-test-sleep: S` makes it wait S seconds first.
 _UPSTREAM = """\

@@ -9,10 +9,6 @@ from coordinator.loop import Coordinator
 from testbed import hostile
 from testbed.inprocess import InProcessGrid
 
-# Parallel runs (pytest-xdist, --dist loadgroup): this module's tests share a module-scoped
-# fixture, so they run in one worker, in file order.
-pytestmark = pytest.mark.xdist_group("hostile")
-
 HONEST = 4
 PARTITIONS = 40  # fixed, so honest clients hold the same data in every run
 TRAIN = sorted(b for b in hostile.BEHAVIOURS if b.startswith("t-") and not hostile.honest_twin(b) and b != "t-wrong-reply")

@@ -13,10 +13,6 @@ from launch.simulation import run_simulation_app
 from tasks.registry import builtin_data_root
 from testbed import hostile
 
-# Parallel runs (pytest-xdist, --dist loadgroup): every test that starts Ray runs in one worker,
-# one at a time (Ray's /tmp/ray files and CPU share are machine-wide).
-pytestmark = pytest.mark.xdist_group("ray")
-
 ROOT = Path(__file__).resolve().parents[1]
 HONEST, ROUNDS = 3, 2
 FORGED = ["t-extra-head,e-accuracy", "t-oversized,e-inflate-examples", "t-inflate-examples,e-foreign-task",

@@ -14,10 +14,6 @@ from tasks.images import load_domain, make_default_suite, make_tiny_suite, read_
 from tasks.partition import assign_tasks, split_indices, train_test_split
 from tasks.registry import load_suite
 
-# Parallel runs (pytest-xdist, --dist loadgroup): this module's tests share a module-scoped
-# fixture, so they run in one worker, in file order.
-pytestmark = pytest.mark.xdist_group("images")
-
 
 @pytest.fixture(scope="module")
 def default_suite():

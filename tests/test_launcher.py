@@ -20,10 +20,6 @@ from launch.simulation import SimulationFailed, SimulationResources, check_fab, 
 from launch.superlink import SuperLinkConfig, SuperLinkProcess
 from testbed.flower_app import write_flower_app
 
-# Parallel runs (pytest-xdist, --dist loadgroup): every test that starts Ray runs in one worker,
-# one at a time (Ray's /tmp/ray files and CPU share are machine-wide).
-pytestmark = pytest.mark.xdist_group("ray")
-
 TINY_SERVER = '''\
 """Tiny ServerApp: query every node, then a few train rounds; one progress line each."""
 
@@ -40,9 +36,9 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     label, rounds = str(cfg["label"]), int(cfg["rounds"])
     nodes = []
-    for _ in range(60):
+    for _ in range(120):  # the simulation engine registers its nodes one by one
         nodes = list(grid.get_node_ids())
-        if nodes:
+        if len(nodes) >= int(cfg["nodes"]):
             break
         time.sleep(0.5)
     print(f"[{label}] server module {__file__}", flush=True)
@@ -85,7 +81,7 @@ def train(msg: Message, context: Context) -> Message:
 def write_tiny_app(root: Path) -> Path:
     """The tiny app in `root` (created), as a folder `flwr run` accepts."""
     return write_flower_app(root, "tinyapp", {"tiny_server/app.py": TINY_SERVER, "tiny_client/app.py": TINY_CLIENT},
-                            "tiny_server.app:app", "tiny_client.app:app", {"rounds": 3, "fail": False, "label": "tiny"})
+                            "tiny_server.app:app", "tiny_client.app:app", {"rounds": 3, "fail": False, "label": "tiny", "nodes": 1})
 
 
 def _cmdlines_mentioning(text: str) -> list[str]:
@@ -141,7 +137,7 @@ def test_simulation_completes_streams_progress_and_cleans_up(tiny_app: Path, tmp
     lines: list[str] = []
     run_dir = tmp_path / "run"
     status = run_simulation_app(
-        app_dir=tiny_app, run_dir=run_dir, run_config={"rounds": 3, "label": "tiny"}, num_supernodes=4,
+        app_dir=tiny_app, run_dir=run_dir, run_config={"rounds": 3, "label": "tiny", "nodes": 4}, num_supernodes=4,
         num_cpus_per_client=1, num_gpus_per_client=0, ray_address=None, timeout_s=150, on_line=lines.append,
     )
     assert status == "finished:completed"
@@ -276,7 +272,7 @@ def test_superlink_config_refuses_auth_without_tls(tmp_path: Path) -> None:
 
 
 def test_unknown_run_config_keys_are_refused_before_anything_starts(tiny_app: Path, tmp_path: Path, links) -> None:
-    assert launcher.app_config_keys(tiny_app) == {"rounds", "fail", "label"}
+    assert launcher.app_config_keys(tiny_app) == {"rounds", "fail", "label", "nodes"}
     with pytest.raises(ValueError, match="nonexistent"):
         run_simulation_app(tiny_app, tmp_path / "run", {"rounds": 1, "nonexistent": 2}, num_supernodes=2)
     assert links == []

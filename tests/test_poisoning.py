@@ -7,10 +7,6 @@ from coordinator.history import mean_accuracy
 from coordinator.loop import Coordinator
 from testbed.inprocess import InProcessGrid
 
-# Parallel runs (pytest-xdist, --dist loadgroup): this module's tests share a module-scoped
-# fixture, so they run in one worker, in file order.
-pytestmark = pytest.mark.xdist_group("poisoning")
-
 BASE = {"suite": "planted", "rounds": 8, "min-clients": 10, "local-steps": 20, "lr": 0.1, "affinity-every": 0, "plots": False}
 POISON = "0:scale,1:scale"  # partitions 0 and 1 send their update scaled by -10 (testbed.faults)
 

@@ -27,10 +27,6 @@ from fedmtl import cli
 from launch.simulation import SimulationResources
 from testbed.ray_cluster import LocalRayCluster, RayNode, ray_bin
 
-# Parallel runs (pytest-xdist, --dist loadgroup): every test that starts Ray runs in one worker,
-# one at a time (Ray's /tmp/ray files and CPU share are machine-wide).
-pytestmark = pytest.mark.xdist_group("ray")
-
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -13,9 +13,7 @@ import pytest
 
 from coordinator.history import read_history
 
-# Parallel runs (pytest-xdist, --dist loadgroup): every test that starts Ray runs in one worker,
-# one at a time (Ray's /tmp/ray files and CPU share are machine-wide).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.slow
 
 FEDMTL = [sys.executable, "-m", "fedmtl.cli"]
 ROOT = Path(__file__).resolve().parent.parent

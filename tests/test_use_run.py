@@ -17,10 +17,6 @@ from fedmtl.runs import RunFormatError
 from tasks.registry import load_suite
 from tests.runfolders import tiny_run
 
-# Parallel runs (pytest-xdist, --dist loadgroup): this module's tests share a module-scoped
-# fixture, so they run in one worker, in file order.
-pytestmark = pytest.mark.xdist_group("use_run")
-
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 3
 
