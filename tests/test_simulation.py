@@ -32,7 +32,7 @@ def test_short_simulation_learns_every_task_streams_json_and_serves_a_live_dashb
     """One real run checks the results on disk, the `--json` stream (every stdout line one JSON
     object) and the dashboard answering while the run goes on."""
     out = tmp_path / "run"
-    cmd = FEDMTL + ["simulate", "--suite", "tiny", "--clients", "4", "--rounds", "3", "--local-epochs", "5",
+    cmd = FEDMTL + ["simulate", "--suite", "tiny", "--clients", "4", "--rounds", "3", "--local-epochs", "3",
                     "--seed", "0", "--out", str(out), "--json", "--dashboard", "--dashboard-port", "0",
                     "--timeout", "400"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
