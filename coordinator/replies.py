@@ -145,8 +145,7 @@ def _decode_state(record: ArrayRecord, expected: dict[str, torch.Tensor], where:
     problems: list[str] = []
     unexpected = [k for k in record.keys() if k not in expected]
     if unexpected:
-        shown = ", ".join(repr(short(k)) for k in unexpected[:5])
-        problems.append(f"{where}: unexpected arrays {shown}" + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
+        problems.append(f"{where}: unexpected arrays {_names(unexpected)}")
     want = Layout.of(expected)
     specs = dict(zip(want.names, zip(want.dtypes, want.shapes)))
     for key in record.keys():
