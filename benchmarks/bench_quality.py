@@ -3,7 +3,7 @@
 Usage:
   python benchmarks/bench_quality.py [--quick] [--suites default,planted[,text]] [--seeds 0,1,2]
          [--modes separate,all-in-one,mas2,mas3,dynamic] [--rounds R] [--clients N]
-         [--capacity 1] [--target ACC] [--set KEY=VALUE ...] [--out DIR]
+         [--capacity 1] [--target ACC] [--set KEY=VALUE ...] [--out DIR] [--reuse]
 
 For every suite, mode and seed it runs one federation on the real round loop in this process
 (`benchmarks/federation.py`: the real Coordinator and ClientApp on an in-process grid, clients
@@ -26,12 +26,15 @@ fit) and reports, over seeds (mean ± sample std):
 Modes: `separate`, `all-in-one`, `mas2`/`mas3` (mas with max-groups 2 / 3), `dynamic`
 (max-groups 3). A plot per suite (mean accuracy against cumulative client compute, one curve
 per mode; and against rounds) goes beside the JSON. Full size takes about an hour on 2 cores;
-`--quick` (planted suite, 2 seeds, 5 rounds) a couple of minutes.
+`--quick` (planted suite, 2 seeds, 5 rounds) a couple of minutes. `--reuse` keeps the runs an
+earlier report in `--out` made with the same federation and runs only the missing modes and
+seeds, so a long benchmark grows a seed or a mode at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -80,11 +83,39 @@ def suite_setup(suite: str, args: argparse.Namespace) -> tuple[int, dict[str, An
     return args.clients or preset["clients"], config
 
 
-def run_suite(suite: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A suite's run config without what only names this machine (the data folder's path)."""
+    return {k: v for k, v in config.items() if k != "data-root"}
+
+
+def reusable_runs(previous: dict[str, Any] | None, suite: str, clients: int,
+                  base: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Runs of an earlier report (`--reuse`) made with exactly this suite's federation.
+
+    A run is reused only where the clients and every run-config key but the data path are the
+    same, so adding seeds or modes to a long benchmark (the text suite's runs take minutes
+    each) never mixes federations; each reused run keeps the commit and date it was made at."""
+    raw = (previous or {}).get("raw", {}).get(suite)
+    if not raw or raw.get("clients") != clients or _comparable(raw.get("config", {})) != _comparable(base):
+        return {}
+    made = {"commit": previous.get("versions", {}).get("fedmtl_commit"), "date": previous.get("date")}
+    return {(mode, int(run["seed"])): {"made": made} | run for mode, mode_runs in raw.get("runs", {}).items()
+            for run in mode_runs}
+
+
+def run_suite(suite: str, args: argparse.Namespace, work: Path,
+              previous: dict[str, Any] | None = None) -> dict[str, Any]:
     clients, base = suite_setup(suite, args)
+    reuse = reusable_runs(previous, suite, clients, base)
     runs: dict[str, list[dict[str, Any]]] = {}
     for mode in args.modes:
         for seed in args.seeds:
+            if (mode, seed) in reuse:
+                run = reuse[(mode, seed)]
+                runs.setdefault(mode, []).append(run)
+                print(f"  {suite:8} {mode:10} seed {seed}: reused (made at {run['made']['commit']}, "
+                      f"{run['made']['date']})", flush=True)
+                continue
             config = base | MODES[mode] | {"seed": seed}
             result = run_federation(config, clients, work / f"{suite}-{mode}-{seed}")
             points = curve(result)
@@ -306,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", type=float, default=None, help="target mean accuracy (default: lowest final)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key")
     ap.add_argument("--out", type=Path, default=B.RESULTS / "quality")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the runs of --out's quality.json made with the same federation; run only the rest")
     args = ap.parse_args(argv)
     args.suites = B.parse_list(args.suites or ("planted" if args.quick else "default,planted"))
     args.seeds = B.parse_list(args.seeds or ("0,1" if args.quick else "0,1,2"), int)
@@ -316,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     report = B.new_report("quality", "Quality per unit of client compute", {
         "suites": args.suites, "seeds": args.seeds, "modes": {m: MODES[m] for m in args.modes},
         "capacity": args.capacity, "quick": args.quick, "set": args.set, "driver": "in-process grid, serial clients"})
+    previous = None
+    if args.reuse and (args.out / "quality.json").exists():
+        previous = json.loads((args.out / "quality.json").read_text())
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fedmtl-bench-quality-") as tmp:
         for suite in args.suites:
@@ -326,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(note, flush=True)
                 report["notes"].append(note)
                 continue
-            res = run_suite(suite, args, Path(tmp))
+            res = run_suite(suite, args, Path(tmp), previous)
             analysis = analyse(res, args.target)
             for t in analysis["tables"]:
                 B.print_table(t)
