@@ -3,7 +3,7 @@
 Usage:
   python benchmarks/bench_quality.py [--quick] [--suites default,planted[,text]] [--seeds 0,1,2]
          [--modes separate,all-in-one,mas2,mas3,dynamic] [--rounds R] [--clients N]
-         [--capacity 1] [--target ACC] [--set KEY=VALUE ...] [--out DIR] [--reuse]
+         [--capacity 1] [--target ACC] [--set KEY=VALUE ...] [--out DIR] [--reuse [REPORT ...]]
 
 For every suite, mode and seed it runs one federation on the real round loop in this process
 (`benchmarks/federation.py`: the real Coordinator and ClientApp on an in-process grid, clients
@@ -26,8 +26,8 @@ fit) and reports, over seeds (mean ± sample std):
 Modes: `separate`, `all-in-one`, `mas2`/`mas3` (mas with max-groups 2 / 3), `dynamic`
 (max-groups 3). A plot per suite (mean accuracy against cumulative client compute, one curve
 per mode; and against rounds) goes beside the JSON. Full size takes about an hour on 2 cores;
-`--quick` (planted suite, 2 seeds, 5 rounds) a couple of minutes. `--reuse` keeps the runs an
-earlier report in `--out` made with the same federation and runs only the missing modes and
+`--quick` (planted suite, 2 seeds, 5 rounds) a couple of minutes. `--reuse [REPORT ...]` keeps the runs
+earlier reports (default: `--out`'s) made with the same federation and runs only the missing modes and
 seeds, so a long benchmark grows a seed or a mode at a time.
 """
 
@@ -88,23 +88,28 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "data-root"}
 
 
-def reusable_runs(previous: dict[str, Any] | None, suite: str, clients: int,
+def reusable_runs(previous: list[dict[str, Any]], suite: str, clients: int,
                   base: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Runs of an earlier report (`--reuse`) made with exactly this suite's federation.
+    """Runs of earlier reports (`--reuse`) made with exactly this suite's federation.
 
     A run is reused only where the clients and every run-config key but the data path are the
     same, so adding seeds or modes to a long benchmark (the text suite's runs take minutes
-    each) never mixes federations; each reused run keeps the commit and date it was made at."""
-    raw = (previous or {}).get("raw", {}).get(suite)
-    if not raw or raw.get("clients") != clients or _comparable(raw.get("config", {})) != _comparable(base):
-        return {}
-    made = {"commit": previous.get("versions", {}).get("fedmtl_commit"), "date": previous.get("date")}
-    return {(mode, int(run["seed"])): {"made": made} | run for mode, mode_runs in raw.get("runs", {}).items()
-            for run in mode_runs}
+    each) never mixes federations; each reused run keeps the commit and date it was made at.
+    Where several reports hold the same mode and seed, the first one's run is kept."""
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for report in previous:
+        raw = report.get("raw", {}).get(suite)
+        if not raw or raw.get("clients") != clients or _comparable(raw.get("config", {})) != _comparable(base):
+            continue
+        made = {"commit": report.get("versions", {}).get("fedmtl_commit"), "date": report.get("date")}
+        for mode, mode_runs in raw.get("runs", {}).items():
+            for run in mode_runs:
+                found.setdefault((mode, int(run["seed"])), {"made": made} | run)
+    return found
 
 
 def run_suite(suite: str, args: argparse.Namespace, work: Path,
-              previous: dict[str, Any] | None = None) -> dict[str, Any]:
+              previous: list[dict[str, Any]] = ()) -> dict[str, Any]:
     clients, base = suite_setup(suite, args)
     reuse = reusable_runs(previous, suite, clients, base)
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -337,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", type=float, default=None, help="target mean accuracy (default: lowest final)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key")
     ap.add_argument("--out", type=Path, default=B.RESULTS / "quality")
-    ap.add_argument("--reuse", action="store_true",
-                    help="keep the runs of --out's quality.json made with the same federation; run only the rest")
+    ap.add_argument("--reuse", nargs="*", type=Path, default=None, metavar="REPORT",
+                    help="keep the runs of these quality.json reports (default: --out's) made with the same "
+                         "federation; run only the rest")
     args = ap.parse_args(argv)
     args.suites = B.parse_list(args.suites or ("planted" if args.quick else "default,planted"))
     args.seeds = B.parse_list(args.seeds or ("0,1" if args.quick else "0,1,2"), int)
@@ -349,9 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     report = B.new_report("quality", "Quality per unit of client compute", {
         "suites": args.suites, "seeds": args.seeds, "modes": {m: MODES[m] for m in args.modes},
         "capacity": args.capacity, "quick": args.quick, "set": args.set, "driver": "in-process grid, serial clients"})
-    previous = None
-    if args.reuse and (args.out / "quality.json").exists():
-        previous = json.loads((args.out / "quality.json").read_text())
+    previous = []
+    if args.reuse is not None:
+        paths = args.reuse or [p for p in [args.out / "quality.json"] if p.exists()]
+        previous = [json.loads(p.read_text()) for p in paths]
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fedmtl-bench-quality-") as tmp:
         for suite in args.suites:
