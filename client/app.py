@@ -88,7 +88,8 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Fine-tune the received group model on the tasks of the group this client holds."""
+    """Fine-tune the received group model on the tasks of the group this client holds (and,
+    when the message asks, score it on the test split first: `P.EVALUATE_FIRST`)."""
     cfg = _config(msg)
     data = _data(context, cfg)
     tasks = [t for t in cfg["tasks"] if t in data]
@@ -107,6 +108,7 @@ def train(msg: Message, context: Context) -> Message:
         device=str(cfg.get("device", "auto")),
         **_affinity_config(cfg),
     )
+    scores = _scores(model, data, tasks, cfg) if cfg.get(P.EVALUATE_FIRST) else None  # the model as received
     result = train_multitask(model, data, tasks, train_cfg)
     metrics: dict[str, float | int | list[float] | list[int]] = {
         P.TRAIN_SECONDS: result.train_seconds,
@@ -119,7 +121,7 @@ def train(msg: Message, context: Context) -> Message:
     for signal, stats in (("lookahead", result.lookahead), ("cosine", result.cosine)):
         if stats is not None:
             metrics.update(stats.to_metrics(signal))
-    records = {}
+    records = {} if scores is None else {P.EVALUATION: MetricRecord(scores)}
     if result.gradients is not None and result.gradients.grads:
         arrays, grad_metrics = result.gradients.to_wire()
         metrics.update(grad_metrics)
@@ -157,6 +159,15 @@ def _affinity_config(cfg: dict) -> dict:
     }
 
 
+def _scores(model, data, tasks: list[str], cfg: dict) -> dict[str, float]:
+    """"accuracy.<task>", "loss.<task>", "examples.<task>" of `model` on this client's test split."""
+    scores: dict[str, float] = {}
+    for t, r in evaluate_multitask(model, data, tasks, device=str(cfg.get("device", "auto"))).items():
+        for name, value in r.items():
+            scores[P.task_key(name, t)] = value
+    return scores
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Per-task accuracy and loss of the received models on this client's own test split.
@@ -173,9 +184,6 @@ def evaluate(msg: Message, context: Context) -> Message:
         if not tasks:
             continue
         sent = received_state(msg, P.group_key(P.MODEL, gid), P.group_key(P.LAYOUT, gid))
-        model = _model(sent, context, cfg, tasks)
-        for t, r in evaluate_multitask(model, data, tasks, device=str(cfg.get("device", "auto"))).items():
-            for name, value in r.items():
-                metrics[P.task_key(name, t)] = value
+        metrics.update(_scores(_model(sent, context, cfg, tasks), data, tasks, cfg))
     metrics["eval-seconds"] = time.perf_counter() - started
     return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)

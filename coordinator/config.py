@@ -92,6 +92,9 @@ class RunConfig:
     evaluate_every: int = 1  # rounds between evaluations (round 0 and the last round always)
     fraction_evaluate: float = 1.0  # share of the connected clients that evaluate
     evaluate_data: str = ""  # a held-out data folder (client format) the coordinator scores too
+    # the round's evaluation travels with the next round's train messages (one message a round
+    # instead of two; scored by the clients that train next, on the groups they train)
+    evaluate_in_train: bool = False
     # outputs
     out: str = "runs/latest"
     checkpoint_keep: int = 2

@@ -34,8 +34,8 @@ def evaluate(exchange: Exchange, outbox: Outbox, groups: list[TaskGroup], pool: 
         if held:
             outgoing.append(outbox.evaluate(node, held))
     answered, silent = exchange.send(outgoing, timeout=cfg.round_timeout)
-    totals: dict[str, dict[str, float]] = defaultdict(lambda: {"correct": 0.0, "loss": 0.0, "examples": 0.0})
-    for sent, reply in sorted(answered, key=lambda pair: roster.name_of(pair[0].node)):  # fixed order: exact sums
+    scores: list[tuple[str, dict[str, dict[str, float]]]] = []
+    for sent, reply in answered:
         name = roster.name_of(sent.node)
         if reply.has_error():
             outcome.errors.append({"node": sent.node, "client": name, "group": None, "error": error_text(reply), "kind": "evaluate"})
@@ -46,17 +46,22 @@ def evaluate(exchange: Exchange, outbox: Outbox, groups: list[TaskGroup], pool: 
             outcome.reject(sent.node, name, None, result.reasons, "evaluate")
             roster.log(f"  rejected evaluation of {name} (node {sent.node}): {'; '.join(result.reasons[:3])}")
             continue
+        scores.append((name, result))
+    for sent in silent:
+        outcome.dropped.append({"node": sent.node, "client": roster.name_of(sent.node), "group": None,
+                                "reason": f"no evaluation reply within {cfg.round_timeout:.0f}s"})
+    return pooled(scores, tasks)
+
+
+def pooled(scores: list[tuple[str, dict[str, dict[str, float]]]], tasks: list[str]) -> dict[str, dict[str, float]]:
+    """Per task: accuracy and loss over every scoring client's test examples, summed in client-name
+    order (the same bits whatever order the replies came in); a task nobody scored is NaN."""
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: {"correct": 0.0, "loss": 0.0, "examples": 0.0})
+    for _, result in sorted(scores, key=lambda item: (item[0], sorted(item[1]))):
         for t, m in result.items():
             totals[t]["correct"] += m["accuracy"] * m["examples"]
             totals[t]["loss"] += m["loss"] * m["examples"]
             totals[t]["examples"] += m["examples"]
-    for sent in silent:
-        outcome.dropped.append({"node": sent.node, "client": roster.name_of(sent.node), "group": None,
-                                "reason": f"no evaluation reply within {cfg.round_timeout:.0f}s"})
-    return _pooled(totals, tasks)
-
-
-def _pooled(totals: dict, tasks: list[str]) -> dict[str, dict[str, float]]:
     metrics = {}
     for t in tasks:
         n = totals[t]["examples"] if t in totals else 0.0

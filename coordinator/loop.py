@@ -9,6 +9,7 @@ each a module of its own:
   fuse       (below, strategies/fusion)  groups with a quorum of valid replies take the fused model
   affinity   (coordinator/affinity.py)   pool the round's affinity measurements
   evaluate   (coordinator/evaluate.py)   the models on clients' test splits, at the run's cadence
+             (with `evaluate-in-train`: by the next round's train messages, see DeferredRecord)
   regroup    (coordinator/regroup.py)    split or merge the groups when the plan says so
   record     (coordinator/record.py)     history, models, checkpoint, progress line
 
@@ -21,6 +22,7 @@ import contextlib
 import random
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,6 +60,22 @@ from tasks.registry import load_suite
 
 Log = Callable[[str], None]
 
+
+@dataclass
+class DeferredRecord:
+    """A round whose evaluation travels with the next round's train messages (`evaluate-in-train`).
+
+    Each client of the next round scores the model it receives (this round's result) before
+    training it, so a round costs one message per client instead of two. This round is recorded
+    (history, models, checkpoint) once those scores are in; its checkpoint keeps the scheduler,
+    affinity and RNG state this round ended with, so a run resumed from it replays the next
+    round exactly. Only rounds after which the groups stay as they are are deferred: a split or
+    merge would change the models the next round sends."""
+
+    outcome: RoundOutcome
+    groups: list[TaskGroup]
+    at_end: dict  # the checkpoint state that the next round's discovery and scheduling change
+
 @contextlib.contextmanager
 def _phase(outcome: RoundOutcome, name: str) -> Iterator[None]:
     t0 = time.perf_counter()
@@ -89,6 +107,7 @@ class Coordinator:
         self.models = ModelStore(self.out, cfg.suite, cfg.to_dict())
         self.tracking = Trackers({})  # TensorBoard / MLflow, opened by run() (run-config key `tracking`)
         self.round = 0
+        self.deferred: DeferredRecord | None = None
         if cfg.evaluate_data:
             try:  # read and check the operator's folder now, not in the middle of round 1
                 evaluation.held_out_data(cfg.evaluate_data, cfg.suite)
@@ -121,12 +140,14 @@ class Coordinator:
             self.history.start(self.out)
             outcome = RoundOutcome(round=0, groups=self.grouping())
             t0 = time.perf_counter()
+            defer = self._defers(0)
             with _phase(outcome, "evaluate"):
-                self._evaluate(0, Outbox(self.cfg, 0), outcome)
+                self._evaluate(0, Outbox(self.cfg, 0), outcome, clients=not defer)
             with _phase(outcome, "record"):
-                self.models.save(self.groups, 0, outcome.metrics, outcome.evaluated)
+                if not defer:
+                    self.models.save(self.groups, 0, outcome.metrics, outcome.evaluated)
             outcome.seconds = time.perf_counter() - t0
-            self._record(outcome)
+            self._finish(outcome, defer)
         for r in range(start_round + 1, self.cfg.rounds + 1):
             self.run_round(r)
         self.history.finish(self.out)
@@ -150,16 +171,20 @@ class Coordinator:
             work, self.scheduler = assign(self.groups, pool, self.cfg, r, self.scheduler, outcome)
         with _phase(outcome, "train"):
             results = train(self.exchange, outbox, work, self.roster, live, self.cfg, outcome,
-                            lambda g: self.affinity.ask(g, r), self.policy)
+                            lambda g: self.affinity.ask(g, r), self.policy, evaluate=self.deferred is not None)
+        if self.deferred is not None:  # the previous round's models, scored by this round's clients
+            self._close_deferred(results.scores, r)
         with _phase(outcome, "fuse"):
             self._fuse(results, outcome)
         with _phase(outcome, "affinity"):
             self.affinity.update(r, results, outcome)
+        defer = evaluation.due(self.cfg, r) and self._defers(r)
         with _phase(outcome, "evaluate"):
-            if evaluation.due(self.cfg, r):
-                self._evaluate(r, outbox, outcome)  # the groups as trained this round, before regrouping
+            if evaluation.due(self.cfg, r):  # the groups as trained this round, before regrouping
+                self._evaluate(r, outbox, outcome, clients=not defer)
         with _phase(outcome, "record"):  # the models as evaluated: what the round's metrics describe
-            self.models.save(self.groups, r, outcome.metrics, outcome.evaluated)
+            if not defer:
+                self.models.save(self.groups, r, outcome.metrics, outcome.evaluated)
         with _phase(outcome, "regroup"):
             action = self.plan.action_after(r)
             if action == "split":
@@ -169,8 +194,41 @@ class Coordinator:
                 regroup.merge(self.state, self.affinity, self.tasks, outcome, self.log)
                 self.scheduler = SchedulerState()
         outcome.seconds = time.perf_counter() - t0
-        self._record(outcome)
+        self._finish(outcome, defer)
         return outcome
+
+    # ------------------------------------------------------------------ evaluation with training
+    def _defers(self, r: int) -> bool:
+        """Round r's evaluation rides on round r+1's train messages: asked for (`evaluate-in-train`),
+        not the last round, and no split or merge after it (the next round sends these models)."""
+        return self.cfg.evaluate_in_train and r < self.cfg.rounds and self.plan.action_after(r) is None
+
+    def _finish(self, outcome: RoundOutcome, defer: bool) -> None:
+        """Record the round now, or hold it until the next round's clients have scored its models."""
+        if not defer:
+            self._record(outcome)
+            return
+        self.roster.report_into(outcome)  # start-up joins belong to this round, not the next
+        self.deferred = DeferredRecord(outcome, list(self.groups), {
+            "rng": capture_rng_state(), "scheduler": self.scheduler.to_dict(), "trackers": self.affinity.to_dict()})
+
+    def _close_deferred(self, scores: list, r: int) -> None:
+        """Record the held round with the scores round r's clients sent with their training. If a
+        group was scored by nobody (its clients all failed), it is evaluated as without
+        `evaluate-in-train`, by evaluate messages: the weights are still the held round's."""
+        held, self.deferred = self.deferred, None
+        o = held.outcome
+        scored = {t for _, result in scores for t in result}
+        if all(scored & set(g.tasks) for g in held.groups):
+            o.metrics, o.evaluated = evaluation.pooled(scores, self.tasks), True
+            o.events.append(f"evaluated by round {r}'s clients with their training ({len(scores)} scores)")
+        else:
+            o.events.append(f"a group was not scored with round {r}'s training: evaluated by evaluate messages")
+            with _phase(o, "evaluate"):
+                self._evaluate(o.round, Outbox(self.cfg, o.round), o)
+        with _phase(o, "record"):
+            self.models.save(held.groups, o.round, o.metrics, o.evaluated)
+        self._record(o, held.at_end)
 
     # ------------------------------------------------------------------ steps kept here
     def _body_params(self) -> int:
@@ -230,26 +288,33 @@ class Coordinator:
             "groups": per_group,
         }
 
-    def _evaluate(self, r: int, outbox: Outbox, outcome: RoundOutcome) -> None:
-        online = self.exchange.node_ids()
-        drawn = self.roster.draw(online, self.cfg.fraction_evaluate, r, salt="evaluate/")
-        pool = self.roster.pool(self.exchange, outbox, drawn, r, outcome)
-        outcome.metrics = evaluation.evaluate(self.exchange, outbox, self.groups, pool, self.roster, self.cfg, self.tasks, outcome)
+    def _evaluate(self, r: int, outbox: Outbox, outcome: RoundOutcome, clients: bool = True) -> None:
+        """The groups on clients' test splits (unless `clients` is False: the next round's train
+        messages score them) and on the operator's held-out folder, if any."""
+        if clients:
+            online = self.exchange.node_ids()
+            drawn = self.roster.draw(online, self.cfg.fraction_evaluate, r, salt="evaluate/")
+            pool = self.roster.pool(self.exchange, outbox, drawn, r, outcome)
+            outcome.metrics = evaluation.evaluate(self.exchange, outbox, self.groups, pool, self.roster, self.cfg,
+                                                  self.tasks, outcome)
+            outcome.evaluated = True
         if self.cfg.evaluate_data:
             outcome.held_out = evaluation.evaluate_held_out(self.groups, self.suite, self.cfg)
-        outcome.evaluated = True
 
     # ------------------------------------------------------------------ record and resume
-    def _record(self, outcome: RoundOutcome) -> None:
-        self.roster.report_into(outcome)
+    def _record(self, outcome: RoundOutcome, at_end: dict | None = None) -> None:
+        """History, checkpoint, trackers and progress line of a finished round (`at_end`: the state
+        a deferred round ended with, see DeferredRecord)."""
+        if at_end is None:
+            self.roster.report_into(outcome)
         with _phase(outcome, "record"):
             entry = self.history.add(outcome, self.out)
-            self._checkpoint(outcome.round)
+            self._checkpoint(outcome.round, at_end)
             self.tracking.log_round(entry)
         self.log(progress_line(outcome, self.cfg.rounds))
         self.log(marker_line("round", **round_event(entry, self.cfg.rounds)))  # for tools (fedmtl.progress)
 
-    def _checkpoint(self, r: int) -> None:
+    def _checkpoint(self, r: int, at_end: dict | None = None) -> None:
         s = self.state
         stash_keys = sorted(s.stash)
         state = {
@@ -264,7 +329,7 @@ class Coordinator:
             "history": self.history.digest(self.out),
             "best": self.models.best,
             "rng": capture_rng_state(),
-        }
+        } | (at_end or {})
         tensors = {f"group_{g.gid}": g.tensors() for g in s.groups}
         for i, k in enumerate(stash_keys):
             tensors[f"stash_{i}"] = {f"body.{n}": v for n, v in s.stash[k].items()}

@@ -41,6 +41,7 @@ class Sent:
     tasks: tuple[str, ...] = ()  # the tasks it asked for (train), or every task evaluated
     groups: dict[int, tuple[str, ...]] = field(default_factory=dict, compare=False)  # evaluate: gid -> tasks
     attempt: int = 0
+    evaluate: bool = False  # train: the client scores the received model first (`P.EVALUATE_FIRST`)
 
 
 def base_config(cfg: RunConfig, round_: int) -> dict:
@@ -87,16 +88,21 @@ class Outbox:
         content = RecordDict({P.CONFIG: ConfigRecord(base_config(self.cfg, self.round))})
         return Message(content, dst_node_id=node, message_type=P.QUERY), Sent(P.QUERY, node)
 
-    def train(self, node: int, group: TaskGroup, tasks: list[str], extra: dict, attempt: int = 0) -> tuple[Message, Sent]:
+    def train(self, node: int, group: TaskGroup, tasks: list[str], extra: dict, attempt: int = 0,
+              evaluate: bool = False) -> tuple[Message, Sent]:
         """Train `tasks` (the group's tasks this client holds) starting from the group's model.
 
-        `extra` carries the round's training and measurement settings (see `coordinator.train`).
+        `extra` carries the round's training and measurement settings (see `coordinator.train`);
+        with `evaluate` the client first scores the model it received on those tasks' test split
+        (the previous round's evaluation, travelling with this round's training).
         """
         config = base_config(self.cfg, self.round) | {"group": group.gid, "tasks": list(tasks)} | extra
+        if evaluate:
+            config[P.EVALUATE_FIRST] = True
         arrays, layout = self.model_records(group)
         content = RecordDict({P.MODEL: arrays, P.LAYOUT: layout, P.CONFIG: ConfigRecord(config)})
         msg = Message(content, dst_node_id=node, message_type=P.TRAIN, group_id=train_group_id(self.round, group.gid))
-        return msg, Sent(P.TRAIN, node, group.gid, tuple(tasks), attempt=attempt)
+        return msg, Sent(P.TRAIN, node, group.gid, tuple(tasks), attempt=attempt, evaluate=evaluate)
 
     def evaluate(self, node: int, groups: list[tuple[TaskGroup, list[str]]]) -> tuple[Message, Sent]:
         """One message evaluates every group this client holds tasks of (one packed model each)."""

@@ -59,6 +59,7 @@ class TrainReply:
     steps: int
     affinity: dict[str, AffinityStats] = field(default_factory=dict)  # virtual-step stats per signal
     gradients: GradientReport | None = None  # per-task body-gradient summaries
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # the received model's test scores, if asked
 
 
 def short(text: object) -> str:
@@ -318,7 +319,11 @@ def read_train(
     problems = _check_origin(reply, sent)
     allowed = {P.MODEL: ArrayRecord, P.LAYOUT: ConfigRecord, P.METRICS: MetricRecord, P.CONFIG: ConfigRecord,
                P.AFFINITY: ArrayRecord}
-    records, more = _records(reply, allowed, {P.MODEL, P.LAYOUT, P.METRICS})
+    required = {P.MODEL, P.LAYOUT, P.METRICS}
+    if sent.evaluate:  # the scores of the model as sent, asked for with the training
+        allowed[P.EVALUATION] = MetricRecord
+        required.add(P.EVALUATION)
+    records, more = _records(reply, allowed, required)
     problems += more
     if problems:
         return Refused(problems)
@@ -365,10 +370,14 @@ def read_train(
     problems += more
     gradients, more = _read_gradient_report(records.get(P.AFFINITY), plain, asked, int(steps), ask, client.name, sent.gid)
     problems += more
+    scores: dict[str, dict[str, float]] = {}
+    if sent.evaluate:
+        scores, more = read_scores(records[P.EVALUATION], asked, client, P.EVALUATION)
+        problems += more
     if problems:
         return Refused(problems)
     return TrainReply(update, losses, seconds[P.TRAIN_SECONDS], seconds[P.AFFINITY_SECONDS], int(steps), affinity,
-                      gradients)
+                      gradients, scores)
 
 
 def _read_affinity_stats(metrics: dict, tasks: list[str], steps: int,
@@ -432,33 +441,43 @@ def read_evaluate(reply: Message, sent: Sent, client: ClientInfo) -> dict[str, d
     problems += more
     if problems:
         return Refused(problems)
-    metrics = records[P.METRICS]
+    out, problems = read_scores(records[P.METRICS], list(sent.tasks), client)
+    return Refused(problems) if problems else out
+
+
+def read_scores(metrics: MetricRecord, tasks: list[str], client: ClientInfo,
+                where: str = P.METRICS) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """A client's test scores ("accuracy.<task>", "loss.<task>", "examples.<task>") for exactly
+    `tasks`: accuracy in [0, 1], a non-negative loss (inf or NaN allowed: a diverged model's
+    loss is a result, not a lie), a whole count no larger than the test examples it declared.
+    Returns ({task: {accuracy, loss, examples}}, problems), each problem naming `where`."""
     if len(metrics) > MAX_ENTRIES:
-        return Refused([f"metrics: {len(metrics)} entries, more than the {MAX_ENTRIES} a reply may carry"])
-    asked = set(sent.tasks)
+        return {}, [f"{where}: {len(metrics)} entries, more than the {MAX_ENTRIES} a reply may carry"]
+    problems: list[str] = []
+    asked = set(tasks)
     names = (P.ACCURACY, P.LOSS, P.EXAMPLES)
     for key in metrics.keys():
         prefix, _, task = key.partition(".")
         if prefix in names and task not in asked:
-            problems.append(f"metric {short(key)!r} for a task this message did not ask about")
+            problems.append(f"{where}: metric {short(key)!r} for a task this message did not ask about")
     out: dict[str, dict[str, float]] = {}
-    for t in sent.tasks:
+    for t in tasks:
         values = {n: metrics.get(P.task_key(n, t)) for n in names}
         missing = [n for n, v in values.items() if v is None]
         if missing:
-            problems.append(f"task {t!r}: no {', '.join(missing)}")
+            problems.append(f"{where}: task {t!r}: no {', '.join(missing)}")
             continue
         acc, loss, n = values[P.ACCURACY], values[P.LOSS], values[P.EXAMPLES]
+        bad = len(problems)
         if not _finite(acc) or not 0.0 <= float(acc) <= 1.0:
-            problems.append(f"accuracy of task {t!r} is {short(acc)!r}, not in [0, 1]")
-        # A model that diverged has an infinite or NaN loss: that is a result, not a lie.
+            problems.append(f"{where}: accuracy of task {t!r} is {short(acc)!r}, not in [0, 1]")
         if not isinstance(loss, Real) or isinstance(loss, bool) or float(loss) < 0:
-            problems.append(f"loss of task {t!r} is {short(loss)!r}, not a non-negative number")
+            problems.append(f"{where}: loss of task {t!r} is {short(loss)!r}, not a non-negative number")
         if not _finite(n) or float(n) < 0 or float(n) != int(float(n)):
-            problems.append(f"examples of task {t!r} is {short(n)!r}, not a count")
+            problems.append(f"{where}: examples of task {t!r} is {short(n)!r}, not a count")
         elif int(float(n)) > client.test_examples.get(t, 0):
-            problems.append(f"examples of task {t!r}: {int(float(n))}, more than the {client.test_examples.get(t, 0)} "
-                            "test examples it declared")
-        else:
+            problems.append(f"{where}: examples of task {t!r}: {int(float(n))}, more than the "
+                            f"{client.test_examples.get(t, 0)} test examples it declared")
+        if len(problems) == bad:
             out[t] = {"accuracy": float(acc), "loss": float(loss), "examples": float(n)}
-    return Refused(problems) if problems else out
+    return out, problems

@@ -34,6 +34,7 @@ class TrainResults:
     fusers: dict[int, GroupFusion]
     sampled: dict[int, int]  # gid -> clients first asked to train it
     valid: dict[int, list[TrainReply]] = field(default_factory=lambda: defaultdict(list))  # tensors dropped
+    scores: list[tuple[str, dict[str, dict[str, float]]]] = field(default_factory=list)  # (client, its test scores)
 
     def quorum(self, gid: int, share: float) -> int:
         return max(1, math.ceil(share * self.sampled.get(gid, 0)))
@@ -54,8 +55,13 @@ def training_config(cfg: RunConfig) -> dict:
 def train(
     exchange: Exchange, outbox: Outbox, work: list[Work], roster: Roster, live: dict[int, ClientInfo],
     cfg: RunConfig, outcome: RoundOutcome, measure: Callable[[TaskGroup], AffinityAsk], policy: ValidationPolicy,
+    evaluate: bool = False,
 ) -> TrainResults:
-    """Run the round's training; `measure(group)` says what its clients measure (and may reply)."""
+    """Run the round's training; `measure(group)` says what its clients measure (and may reply).
+
+    With `evaluate`, every client first scores the model it is sent on its test split (the
+    previous round's evaluation travelling with this round's training); the scores of valid
+    replies are in `TrainResults.scores`."""
     groups = {w.group.gid: w.group for w in work}
     spill = Path(cfg.out) / ".fusion-spill" / f"round-{outcome.round}"  # replies that arrive early wait here
     results = TrainResults(
@@ -78,7 +84,7 @@ def train(
             load[w.node] += 1
         for gid, fuser in results.fusers.items():  # the order the mean folds replies in: the order sent
             fuser.expect([roster.name_of(w.node) for w in pending if w.group.gid == gid])
-        outgoing = [outbox.train(w.node, w.group, w.tasks, extra[w.group.gid], attempt) for w in pending]
+        outgoing = [outbox.train(w.node, w.group, w.tasks, extra[w.group.gid], attempt, evaluate) for w in pending]
         pushed, refused = exchange.push(outgoing)
         for sent, reply in exchange.collect(pushed, timeout=cfg.round_timeout):
             _take(sent, reply, groups[sent.gid], asks[sent.gid], roster, policy, results, outcome)
@@ -118,6 +124,8 @@ def _take(sent: Sent, reply, group: TaskGroup, ask: AffinityAsk, roster: Roster,
     fuser.add(parsed.update, key=name)
     parsed.update.body, parsed.update.heads = {}, {}  # folded: drop the tensors
     results.valid[sent.gid].append(parsed)
+    if parsed.scores:
+        results.scores.append((name, parsed.scores))
 
 
 def _retries(groups: dict[int, TaskGroup], live: dict[int, ClientInfo], results: TrainResults,

@@ -34,6 +34,14 @@ def task_key(prefix: str, task: str) -> str:
 # (the tasks to evaluate with that model).
 EVAL_GROUPS = "groups"
 
+# Evaluation that travels with training (run-config `evaluate-in-train`): a train message whose
+# config has EVALUATE_FIRST = True asks the client to score the model it received, on its test
+# split of the tasks it trains, before training it; the train reply then carries those scores in
+# the MetricRecord EVALUATION ("accuracy.<task>", "loss.<task>", "examples.<task>", as an
+# evaluate reply's METRICS). One message a round instead of two.
+EVALUATE_FIRST = "evaluate-first"
+EVALUATION = "evaluation"
+
 
 def group_key(prefix: str, gid: int) -> str:
     return f"{prefix}.{gid}"

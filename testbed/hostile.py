@@ -9,7 +9,8 @@ It answers honestly except where its node config says otherwise:
     hostile-round = R                       only in round R (absent or 0: every round)
     steal-name = NAME                       with `q-steal-name`: the name it claims
 
-A behaviour's prefix says which reply it forges: `q-` query, `t-` train, `e-` evaluate.
+A behaviour's prefix says which reply it forges: `q-` query, `t-` train, `e-` evaluate, `v-` the
+test scores a train reply carries when the message asked for them (`evaluate-in-train`).
 """
 
 from __future__ import annotations
@@ -86,6 +87,14 @@ BEHAVIOURS = {
     "t-layout-negative": "a negative dimension (its neighbour larger: the sizes still add up)",
     "t-wire-dtype": "the float32 array's bytes declared as float64",
     "t-npy-header": "the flat array's npy header claims 10^12 elements",
+    "t-eval-unasked": "test scores in a train reply that asked for none",
+    # train, with the received model's test scores asked for (run-config `evaluate-in-train`)
+    "v-missing": "no scores record, though the message asked for one",
+    "v-type": "the scores as a ConfigRecord",
+    "v-accuracy": "accuracy 2.0",
+    "v-foreign": "scores for a task it was not asked to train",
+    "v-examples": "claims 10^9 test examples",
+    "v-missing-task": "no scores for one of its tasks",
     # evaluate
     "e-no-metrics": "evaluate reply without metrics",
     "e-accuracy": "accuracy 2.0",
@@ -218,6 +227,13 @@ def train(msg: Message, context: Context) -> Message:
     if "t-many-metrics" in evil:
         metrics |= {f"junk.{i}": float(i) for i in range(100_000)}
     records[P.METRICS] = MetricRecord(metrics)
+    if P.EVALUATION in reply.content:
+        records[P.EVALUATION] = _forged_scores(evil, dict(reply.content[P.EVALUATION]), tasks)
+    elif "t-eval-unasked" in evil:
+        records[P.EVALUATION] = MetricRecord({k: v for t in tasks for k, v in
+                                              {f"accuracy.{t}": 0.5, f"loss.{t}": 1.0, f"examples.{t}": 1.0}.items()})
+    if "v-missing" in evil:
+        records.pop(P.EVALUATION, None)
     if "t-no-model" in evil:
         del records[P.MODEL]
     if "t-no-layout" in evil:
@@ -231,6 +247,19 @@ def train(msg: Message, context: Context) -> Message:
         records[P.METRICS] = MetricRecord(dict(reversed(list(metrics.items()))))
         records[P.MODEL] = ArrayRecord(dict(reversed(list(records[P.MODEL].items()))))
     return _rebuild(reply, msg, records)
+
+
+def _forged_scores(evil: set[str], scores: dict, tasks: list[str]) -> MetricRecord | ConfigRecord:
+    """The honest test scores of the received model (`P.EVALUATION`), forged."""
+    if "v-accuracy" in evil:
+        scores |= {P.task_key(P.ACCURACY, t): 2.0 for t in tasks}
+    if "v-foreign" in evil:
+        scores |= {"accuracy.ghost": 1.0, "loss.ghost": 0.0, "examples.ghost": 10.0}
+    if "v-examples" in evil:
+        scores |= {P.task_key(P.EXAMPLES, t): 1e9 for t in tasks}
+    if "v-missing-task" in evil:
+        scores = {k: v for k, v in scores.items() if not k.endswith(f".{tasks[0]}")}
+    return ConfigRecord(scores) if "v-type" in evil else MetricRecord(scores)
 
 
 def _forged_packing(evil: set[str], state: dict[str, torch.Tensor], tasks: list[str]) -> tuple[ArrayRecord, ConfigRecord]:

@@ -1,0 +1,104 @@
+"""Evaluation that travels with training (`evaluate-in-train`) on the real round loop: the same
+metrics and models as separate evaluate messages, half the messages, and an exact resume when a
+run dies while a round waits for its scores."""
+
+import json
+
+import pytest
+import torch
+
+from coordinator.config import RunConfig
+from coordinator.loop import Coordinator
+from tasks import protocol as P
+from testbed.inprocess import InProcessGrid
+
+# Two groups after round 1; every client trains both (capacity 2), so the clients that score a
+# round's models with their next training are the clients an evaluate message would ask.
+BASE = {"suite": "tiny", "mode": "mas", "split-round": 1, "max-groups": 2, "client-capacity": 2, "min-clients": 4,
+        "plots": False, "local-steps": 3, "affinity-every": 1, "seed": 5, "rounds": 3}
+
+
+def _run(out, grid=None, **overrides):
+    cfg = RunConfig.from_dict(BASE | {"out": str(out)} | overrides)
+    grid = grid or InProcessGrid(4)
+    coordinator = Coordinator(grid, cfg, log=lambda line: None)
+    coordinator.run()
+    return coordinator, grid, json.loads((out / "history.json").read_text())
+
+
+def _models(coordinator):
+    return {g.gid: g.tensors() for g in coordinator.groups}
+
+
+def _assert_same_models(a, b):
+    assert a.keys() == b.keys()
+    for gid in a:
+        assert a[gid].keys() == b[gid].keys()
+        for k in a[gid]:
+            assert torch.equal(a[gid][k], b[gid][k]), (gid, k)
+
+
+def _count(grid, kind):
+    return sum(m.metadata.message_type == kind for m in grid.sent)
+
+
+@pytest.fixture(scope="module")
+def separate(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("separate"))
+
+
+def test_same_metrics_and_models_as_evaluate_messages_with_fewer_messages(tmp_path, separate):
+    ref, ref_grid, ref_history = separate
+    got, grid, history = _run(tmp_path, **{"evaluate-in-train": True})
+    assert [r["metrics"] for r in history["rounds"]] == [r["metrics"] for r in ref_history["rounds"]]
+    assert [r["groups"] for r in history["rounds"]] == [r["groups"] for r in ref_history["rounds"]]
+    assert len(history["rounds"][-1]["groups"]) == 2
+    _assert_same_models(_models(got), _models(ref))
+    # Rounds 0 and 2 ride on the next round's training; round 1 (a split follows) and round 3
+    # (the last) are evaluated by evaluate messages.
+    deferred = [r["round"] for r in history["rounds"] if any("evaluated by round" in e for e in r["events"])]
+    assert deferred == [0, 2]
+    assert _count(grid, P.TRAIN) == _count(ref_grid, P.TRAIN)
+    assert _count(ref_grid, P.EVALUATE) == 4 * 4 and _count(grid, P.EVALUATE) == 2 * 4
+    asked = [m for m in grid.sent if m.metadata.message_type == P.TRAIN and m.content[P.CONFIG].get(P.EVALUATE_FIRST)]
+    assert {int(m.content[P.CONFIG]["round"]) for m in asked} == {1, 3}
+    best = json.loads((tmp_path / "models" / "index.json").read_text())["best"]
+    ref_best = json.loads((separate[0].out / "models" / "index.json").read_text())["best"]
+    assert best["round"] == ref_best["round"] and best["mean_accuracy"] == ref_best["mean_accuracy"]
+
+
+class DiesInRound(InProcessGrid):
+    """The coordinator's process dies (an exception out of the grid) when it sends round N's
+    training: with `evaluate-in-train`, round N-1 is then still waiting for its scores."""
+
+    def __init__(self, num_nodes: int, round_: int) -> None:
+        super().__init__(num_nodes)
+        self.round_ = round_
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        if any(m.metadata.message_type == P.TRAIN and int(m.content[P.CONFIG]["round"]) == self.round_ for m in messages):
+            raise RuntimeError(f"killed while sending round {self.round_}'s training")
+        return super().push_messages(messages)
+
+
+def test_a_run_killed_while_a_round_waits_for_its_scores_resumes_exactly(tmp_path):
+    # Capacity 1: after the split each client trains one group a round, in the scheduler's
+    # rotation, so a checkpoint holding the wrong scheduler state would replay another round.
+    settings = {"evaluate-in-train": True, "rounds": 4, "client-capacity": 1, "checkpoint-keep": 10}
+    full, _, full_history = _run(tmp_path / "full", **settings)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(tmp_path / "cut", grid=DiesInRound(4, round_=4), **settings)
+    # Round 3 waited for round 4's scores: nothing of it was written. The newest checkpoint is
+    # round 2's, written while round 3 trained, with the state round 2 ended with.
+    assert [p.name for p in sorted((tmp_path / "cut" / "checkpoints").glob("round_*"))][-1] == "round_00002"
+    # ... the very state of the uninterrupted run's round-2 checkpoint (paths and timings aside,
+    # and the global RNG, which the in-process clients' threads re-seed in whatever order).
+    full_state, cut_state = (json.loads((tmp_path / run / "checkpoints" / "round_00002" / "state.json").read_text())
+                             for run in ("full", "cut"))
+    same = ("scheduler", "trackers", "groups", "next_gid", "previous_grouping", "stash", "best")
+    assert {k: cut_state[k] for k in same} == {k: full_state[k] for k in same}
+    resumed, _, history = _run(tmp_path / "cut", grid=InProcessGrid(4, first_node_id=7000), resume=True, **settings)
+    _assert_same_models(_models(resumed), _models(full))
+    assert [r["metrics"] for r in history["rounds"]] == [r["metrics"] for r in full_history["rounds"]]
+    assert [r["round"] for r in history["rounds"]] == [0, 1, 2, 3, 4]
