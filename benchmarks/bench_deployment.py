@@ -14,6 +14,9 @@ processes on 127.0.0.1, tiny suite, MAS splitting into 2 groups after round 2. V
              pulls (`--pull-hold 20`)
     fedmtl   fedmtl's defaults: the fork server (`--executor fork`: woken by the SuperNode's log,
              0.5 s task poll otherwise) and the gateway's pull hold
+    one-message  fedmtl's defaults plus `--set evaluate-in-train=true`: a round's evaluation
+             travels with the next round's train messages, so a client gets one message a round
+             instead of two (the last round, and a round a split follows, still evaluate apart)
 
 Per round it reads `history.json` (`seconds`, `compute.train_seconds`) and the clients' own
 per-message timing (`FEDMTL_CLIENT_TIMING`, see client/timing.py), and reports
@@ -71,9 +74,10 @@ from launch.processes import free_port  # noqa: E402
 FEDMTL = [sys.executable, "-m", "fedmtl.cli"]
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "flower": {"executor": "flower", "task_poll": 1.0, "pull_hold": 0.0},
-    "poll": {"executor": "flower", "task_poll": 0.05, "pull_hold": 20.0},
-    "fedmtl": {"executor": "fork", "task_poll": None, "pull_hold": 20.0},
+    "flower": {"executor": "flower", "task_poll": 1.0, "pull_hold": 0.0, "evaluate_in_train": False},
+    "poll": {"executor": "flower", "task_poll": 0.05, "pull_hold": 20.0, "evaluate_in_train": False},
+    "fedmtl": {"executor": "fork", "task_poll": None, "pull_hold": 20.0, "evaluate_in_train": False},
+    "one-message": {"executor": "fork", "task_poll": None, "pull_hold": 20.0, "evaluate_in_train": True},
 }
 
 
@@ -233,7 +237,8 @@ def run_variant(name: str, setup: Setup, rounds: int, timeout: float) -> Variant
         coord = start("coordinator", ["coordinator", run, "--host", "127.0.0.1", "--port", port,
                                       "--min-clients", setup.clients, "--suite", "tiny", "--mode", "mas",
                                       "--rounds", rounds, "--split-round", min(2, rounds - 1), "--max-groups", 2,
-                                      "--set", "plots=false", "--pull-hold", settings["pull_hold"]],
+                                      "--set", "plots=false", "--pull-hold", settings["pull_hold"],
+                                      "--set", f"evaluate-in-train={str(settings['evaluate_in_train']).lower()}"],
                       vroot / "coordinator.log")
         procs.append(coord)
         # clients start once the coordinator has registered their keys and submitted its run

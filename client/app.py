@@ -108,7 +108,11 @@ def train(msg: Message, context: Context) -> Message:
         device=str(cfg.get("device", "auto")),
         **_affinity_config(cfg),
     )
-    scores = _scores(model, data, tasks, cfg) if cfg.get(P.EVALUATE_FIRST) else None  # the model as received
+    scores = None
+    if cfg.get(P.EVALUATE_FIRST):  # the model as received, before any training
+        started = time.perf_counter()
+        scores = _scores(model, data, tasks, cfg)
+        scores[P.EVAL_SECONDS] = time.perf_counter() - started
     result = train_multitask(model, data, tasks, train_cfg)
     metrics: dict[str, float | int | list[float] | list[int]] = {
         P.TRAIN_SECONDS: result.train_seconds,
@@ -185,5 +189,5 @@ def evaluate(msg: Message, context: Context) -> Message:
             continue
         sent = received_state(msg, P.group_key(P.MODEL, gid), P.group_key(P.LAYOUT, gid))
         metrics.update(_scores(_model(sent, context, cfg, tasks), data, tasks, cfg))
-    metrics["eval-seconds"] = time.perf_counter() - started
+    metrics[P.EVAL_SECONDS] = time.perf_counter() - started
     return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)

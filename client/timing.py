@@ -63,14 +63,17 @@ def _ray_node() -> str | None:
 
 
 def _compute(reply: Message) -> float | None:
-    """The client compute the reply reports: training plus affinity measurement, or evaluation."""
+    """The client compute the reply reports: training plus affinity measurement (plus the scoring
+    of the received model, when the train message asked for it), or evaluation."""
     if reply.has_error() or P.METRICS not in reply.content:
         return None
     metrics = reply.content[P.METRICS]
     if P.TRAIN_SECONDS in metrics:
-        return float(metrics[P.TRAIN_SECONDS]) + float(metrics.get(P.AFFINITY_SECONDS, 0.0))  # type: ignore[arg-type]
-    if "eval-seconds" in metrics:
-        return float(metrics["eval-seconds"])  # type: ignore[arg-type]
+        scored = reply.content[P.EVALUATION] if P.EVALUATION in reply.content else {}
+        return (float(metrics[P.TRAIN_SECONDS]) + float(metrics.get(P.AFFINITY_SECONDS, 0.0))  # type: ignore[arg-type]
+                + float(scored.get(P.EVAL_SECONDS, 0.0)))  # type: ignore[union-attr, arg-type]
+    if P.EVAL_SECONDS in metrics:
+        return float(metrics[P.EVAL_SECONDS])  # type: ignore[arg-type]
     return None
 
 

@@ -24,6 +24,7 @@ ACCURACY = "accuracy"
 TRAIN_SECONDS = "train-seconds"
 AFFINITY_SECONDS = "affinity-seconds"
 STEPS = "steps"
+EVAL_SECONDS = "eval-seconds"  # evaluate reply METRICS (and the EVALUATION record): scoring time
 
 
 def task_key(prefix: str, task: str) -> str:
