@@ -6,7 +6,7 @@ For every P (parameters per update) and K (updates), each aggregator fuses K upd
 generated one at a time (reference + noise, float32) and dropped after `add`, as the round loop
 would. Side by side, on the same arrays in the same loop, the benchmark times a plain in-place
 float32 numpy sum (`np.add(acc, x, out=acc)`, one thread) and a torch in-place sum (`add_`, torch's
-default threads); the order of the two measurements alternates per update. Figures:
+default threads); the three take turns going first, update by update. Figures:
   GB/s      update bytes (K x P x 4) / seconds spent in add() + result()
   x numpy   fuser seconds / numpy-sum seconds (the target for the mean is <= 1.5)
   peak MB   the process's peak RSS during the fusion minus its RSS before the first update
@@ -123,20 +123,27 @@ def _child(args: argparse.Namespace) -> dict:
     rss0 = _status("VmRSS")
     _reset_peak()
     t_np = t_torch = t_fuse = 0.0
+    def fuse_add(u: ClientUpdate, i: int) -> float:
+        if impl == "stacked":
+            held.append(u)
+        if impl != "streaming":
+            return 0.0
+        t0 = time.perf_counter()
+        fusion.add(u, key=f"client{i:05d}")  # type: ignore[union-attr]
+        return time.perf_counter() - t0
+
     for i in range(k):
         u = make_update(i)
-        first_np = i % 2 == 0
-        if first_np:
-            t_np += numpy_sum(u)
-        t_torch += torch_sum(u)
-        if impl == "streaming":
-            t0 = time.perf_counter()
-            fusion.add(u, key=f"client{i:05d}")  # type: ignore[union-attr]
-            t_fuse += time.perf_counter() - t0
-        elif impl == "stacked":
-            held.append(u)
-        if not first_np:
-            t_np += numpy_sum(u)
+        # The three take turns going first: a freshly generated update is hot in cache for
+        # whoever reads it first, and each add evicts part of the others' accumulators.
+        order = ("numpy", "torch", "fuse")[i % 3:] + ("numpy", "torch", "fuse")[:i % 3]
+        for who in order:
+            if who == "numpy":
+                t_np += numpy_sum(u)
+            elif who == "torch":
+                t_torch += torch_sum(u)
+            else:
+                t_fuse += fuse_add(u, i)
         del u
     if impl == "streaming":
         t0 = time.perf_counter()

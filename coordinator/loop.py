@@ -22,8 +22,8 @@ import contextlib
 import random
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,7 @@ class DeferredRecord:
     outcome: RoundOutcome
     groups: list[TaskGroup]
     at_end: dict  # the checkpoint state that the next round's discovery and scheduling change
+
 
 @contextlib.contextmanager
 def _phase(outcome: RoundOutcome, name: str) -> Iterator[None]:
