@@ -356,6 +356,14 @@ def test_timing_mod_writes_one_line_per_message_only_when_asked(tmp_path: Path, 
     assert rec["pid"] == os.getpid() and rec["ray_node"] is None and rec["compute"] == pytest.approx(0.04)
     assert rec["process_start"] <= rec["created"] <= rec["enter"] and rec["exit"] - rec["enter"] >= 0.05
 
+    def scoring_handler(m: Message, c: Context) -> Message:  # evaluate-in-train: scores travel with training
+        return Message(RecordDict({"metrics": MetricRecord({"train-seconds": 0.04, "affinity-seconds": 0.01}),
+                                   "evaluation": MetricRecord({"accuracy.t": 0.5, "eval-seconds": 0.02})}), reply_to=m)
+
+    timing_mod(msg, ctx, scoring_handler)
+    rec = json.loads(path.read_text().splitlines()[-1])
+    assert rec["compute"] == pytest.approx(0.07)  # training + measurement + scoring the received model
+
 
 def test_fork_server_waits_until_the_supernode_has_received_the_message(tmp_path: Path) -> None:
     log = tmp_path / "supernode.log"
