@@ -15,7 +15,8 @@ from testbed.inprocess import InProcessGrid
 # Two groups after round 1; every client trains both (capacity 2), so the clients that score a
 # round's models with their next training are the clients an evaluate message would ask.
 BASE = {"suite": "tiny", "mode": "mas", "split-round": 1, "max-groups": 2, "client-capacity": 2, "min-clients": 4,
-        "plots": False, "local-steps": 3, "affinity-every": 1, "seed": 5, "rounds": 3}
+        "plots": False, "local-steps": 3, "affinity-every": 1, "seed": 5, "rounds": 4, "checkpoint-keep": 10}
+IN_TRAIN = {"evaluate-in-train": True}
 
 
 def _run(out, grid=None, **overrides):
@@ -47,23 +48,29 @@ def separate(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("separate"))
 
 
-def test_same_metrics_and_models_as_evaluate_messages_with_fewer_messages(tmp_path, separate):
+@pytest.fixture(scope="module")
+def in_train(tmp_path_factory):
+    out = tmp_path_factory.mktemp("in_train")
+    return (out, *_run(out, **IN_TRAIN))
+
+
+def test_same_metrics_and_models_as_evaluate_messages_with_fewer_messages(separate, in_train):
     ref, ref_grid, ref_history = separate
-    got, grid, history = _run(tmp_path, **{"evaluate-in-train": True})
+    out, got, grid, history = in_train
     assert [r["metrics"] for r in history["rounds"]] == [r["metrics"] for r in ref_history["rounds"]]
     assert [r["groups"] for r in history["rounds"]] == [r["groups"] for r in ref_history["rounds"]]
     assert len(history["rounds"][-1]["groups"]) == 2
     _assert_same_models(_models(got), _models(ref))
-    # Rounds 0 and 2 ride on the next round's training; round 1 (a split follows) and round 3
+    # Rounds 0, 2 and 3 ride on the next round's training; round 1 (a split follows) and round 4
     # (the last) are evaluated by evaluate messages.
     deferred = [r["round"] for r in history["rounds"] if any("evaluated by round" in e for e in r["events"])]
-    assert deferred == [0, 2]
+    assert deferred == [0, 2, 3]
     assert _count(grid, P.TRAIN) == _count(ref_grid, P.TRAIN)
-    assert _count(ref_grid, P.EVALUATE) == 4 * 4 and _count(grid, P.EVALUATE) == 2 * 4
+    assert _count(ref_grid, P.EVALUATE) == 5 * 4 and _count(grid, P.EVALUATE) == 2 * 4
     asked = [m for m in grid.sent if m.metadata.message_type == P.TRAIN and m.content[P.CONFIG].get(P.EVALUATE_FIRST)]
-    assert {int(m.content[P.CONFIG]["round"]) for m in asked} == {1, 3}
-    best = json.loads((tmp_path / "models" / "index.json").read_text())["best"]
-    ref_best = json.loads((separate[0].out / "models" / "index.json").read_text())["best"]
+    assert {int(m.content[P.CONFIG]["round"]) for m in asked} == {1, 3, 4}
+    best = json.loads((out / "models" / "index.json").read_text())["best"]
+    ref_best = json.loads((ref.out / "models" / "index.json").read_text())["best"]
     assert best["round"] == ref_best["round"] and best["mean_accuracy"] == ref_best["mean_accuracy"]
 
 
@@ -82,23 +89,20 @@ class DiesInRound(InProcessGrid):
         return super().push_messages(messages)
 
 
-def test_a_run_killed_while_a_round_waits_for_its_scores_resumes_exactly(tmp_path):
-    # Capacity 1: after the split each client trains one group a round, in the scheduler's
-    # rotation, so a checkpoint holding the wrong scheduler state would replay another round.
-    settings = {"evaluate-in-train": True, "rounds": 4, "client-capacity": 1, "checkpoint-keep": 10}
-    full, _, full_history = _run(tmp_path / "full", **settings)
+def test_a_run_killed_while_a_round_waits_for_its_scores_resumes_exactly(tmp_path, in_train):
+    full_out, full, _, full_history = in_train
     with pytest.raises(RuntimeError, match="killed"):
-        _run(tmp_path / "cut", grid=DiesInRound(4, round_=4), **settings)
+        _run(tmp_path, grid=DiesInRound(4, round_=4), **IN_TRAIN)
     # Round 3 waited for round 4's scores: nothing of it was written. The newest checkpoint is
-    # round 2's, written while round 3 trained, with the state round 2 ended with.
-    assert [p.name for p in sorted((tmp_path / "cut" / "checkpoints").glob("round_*"))][-1] == "round_00002"
-    # ... the very state of the uninterrupted run's round-2 checkpoint (paths and timings aside,
-    # and the global RNG, which the in-process clients' threads re-seed in whatever order).
-    full_state, cut_state = (json.loads((tmp_path / run / "checkpoints" / "round_00002" / "state.json").read_text())
-                             for run in ("full", "cut"))
+    # round 2's, written while round 3 trained, with the state round 2 ended with: the very state
+    # of the uninterrupted run's round-2 checkpoint (paths and timings aside, and the global RNG,
+    # which the in-process clients' threads re-seed in whatever order).
+    assert [p.name for p in sorted((tmp_path / "checkpoints").glob("round_*"))][-1] == "round_00002"
+    full_state, cut_state = (json.loads((out / "checkpoints" / "round_00002" / "state.json").read_text())
+                             for out in (full_out, tmp_path))
     same = ("scheduler", "trackers", "groups", "next_gid", "previous_grouping", "stash", "best")
     assert {k: cut_state[k] for k in same} == {k: full_state[k] for k in same}
-    resumed, _, history = _run(tmp_path / "cut", grid=InProcessGrid(4, first_node_id=7000), resume=True, **settings)
+    resumed, _, history = _run(tmp_path, grid=InProcessGrid(4, first_node_id=7000), resume=True, **IN_TRAIN)
     _assert_same_models(_models(resumed), _models(full))
     assert [r["metrics"] for r in history["rounds"]] == [r["metrics"] for r in full_history["rounds"]]
     assert [r["round"] for r in history["rounds"]] == [0, 1, 2, 3, 4]

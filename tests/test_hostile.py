@@ -164,13 +164,14 @@ def test_forged_gradient_summaries_in_measured_rounds_are_refused_and_change_not
 SCORES = sorted(b for b in hostile.BEHAVIOURS if b.startswith("v-"))
 
 
-def test_forged_test_scores_sent_with_training_are_refused_named_and_change_nothing(tmp_path):
+def test_forged_test_scores_sent_with_training_are_refused_named_and_change_nothing(tmp_path, reference):
     """With `evaluate-in-train` each train message asks for the received model's test scores:
     forged, missing or mistyped scores refuse the whole reply (update included), named, and the
-    metrics those scores would have entered and the models are those of the honest clients alone."""
-    settings = {"evaluate-in-train": True}
-    reference, ref_history, _ = _run(tmp_path / "reference", [], **settings)
-    coordinator, history, _ = _run(tmp_path / "hostile", SCORES, **settings)
+    metrics those scores would have entered and the models are those of the honest clients alone.
+    (The reference evaluates by evaluate messages; with one group every honest client trains
+    and scores it, so its metrics are what the scores must pool to.)"""
+    ref_models, ref_history = reference
+    coordinator, history, _ = _run(tmp_path, SCORES, **{"evaluate-in-train": True})
     hostile_names = {f"partition-{HONEST + i}": b for i, b in enumerate(SCORES)}
     for r in (1, 2):  # both rounds' train messages carry the previous round's evaluation
         refused = {e["client"]: e["reasons"] for e in history.rounds[r]["rejected"] if e["kind"] == "train"}
@@ -180,4 +181,4 @@ def test_forged_test_scores_sent_with_training_are_refused_named_and_change_noth
     for r in (0, 1):  # scored with rounds 1 and 2's training: by the honest clients only
         assert history.rounds[r]["metrics"] == ref_history.rounds[r]["metrics"]
         assert any("evaluated by round" in e for e in history.rounds[r]["events"])
-    _same_models(coordinator, {g.gid: g.tensors() for g in reference.groups})
+    _same_models(coordinator, ref_models)
