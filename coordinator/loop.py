@@ -213,7 +213,7 @@ class Coordinator:
         self.deferred = DeferredRecord(outcome, list(self.groups), {
             "rng": capture_rng_state(), "scheduler": self.scheduler.to_dict(), "trackers": self.affinity.to_dict()})
 
-    def _close_deferred(self, scores: list, r: int) -> None:
+    def _close_deferred(self, scores: list[tuple[str, dict[str, dict[str, float]]]], r: int) -> None:
         """Record the held round with the scores round r's clients sent with their training. If a
         group was scored by nobody (its clients all failed), it is evaluated as without
         `evaluate-in-train`, by evaluate messages: the weights are still the held round's."""
@@ -225,8 +225,8 @@ class Coordinator:
             o.events.append(f"evaluated by round {r}'s clients with their training ({len(scores)} scores)")
         else:
             o.events.append(f"a group was not scored with round {r}'s training: evaluated by evaluate messages")
-            with _phase(o, "evaluate"):
-                self._evaluate(o.round, Outbox(self.cfg, o.round), o)
+            with _phase(o, "evaluate"):  # on clients only: the held-out folder was scored already
+                self._evaluate_on_clients(o.round, Outbox(self.cfg, o.round), o)
         with _phase(o, "record"):
             self.models.save(held.groups, o.round, o.metrics, o.evaluated)
         self._record(o, held.at_end)
@@ -293,14 +293,17 @@ class Coordinator:
         """The groups on clients' test splits (unless `clients` is False: the next round's train
         messages score them) and on the operator's held-out folder, if any."""
         if clients:
-            online = self.exchange.node_ids()
-            drawn = self.roster.draw(online, self.cfg.fraction_evaluate, r, salt="evaluate/")
-            pool = self.roster.pool(self.exchange, outbox, drawn, r, outcome)
-            outcome.metrics = evaluation.evaluate(self.exchange, outbox, self.groups, pool, self.roster, self.cfg,
-                                                  self.tasks, outcome)
-            outcome.evaluated = True
+            self._evaluate_on_clients(r, outbox, outcome)
         if self.cfg.evaluate_data:
             outcome.held_out = evaluation.evaluate_held_out(self.groups, self.suite, self.cfg)
+
+    def _evaluate_on_clients(self, r: int, outbox: Outbox, outcome: RoundOutcome) -> None:
+        online = self.exchange.node_ids()
+        drawn = self.roster.draw(online, self.cfg.fraction_evaluate, r, salt="evaluate/")
+        pool = self.roster.pool(self.exchange, outbox, drawn, r, outcome)
+        outcome.metrics = evaluation.evaluate(self.exchange, outbox, self.groups, pool, self.roster, self.cfg,
+                                              self.tasks, outcome)
+        outcome.evaluated = True
 
     # ------------------------------------------------------------------ record and resume
     def _record(self, outcome: RoundOutcome, at_end: dict | None = None) -> None:

@@ -106,3 +106,15 @@ def test_a_run_killed_while_a_round_waits_for_its_scores_resumes_exactly(tmp_pat
     _assert_same_models(_models(resumed), _models(full))
     assert [r["metrics"] for r in history["rounds"]] == [r["metrics"] for r in full_history["rounds"]]
     assert [r["round"] for r in history["rounds"]] == [0, 1, 2, 3, 4]
+
+
+def test_a_round_nobody_scores_with_training_is_evaluated_by_evaluate_messages(tmp_path, separate):
+    """Every client fails round 3's training: round 2's models, held for scores that never come,
+    are evaluated by evaluate messages instead, and get the metrics they get without the option."""
+    _, _, ref_history = separate
+    crash = ",".join(f"{i}:crash:3" for i in range(4))
+    _, grid, history = _run(tmp_path, grid=InProcessGrid(4, faults=crash), **IN_TRAIN)
+    r2 = history["rounds"][2]
+    assert any("evaluated by evaluate messages" in e for e in r2["events"]), r2["events"]
+    assert r2["metrics"] == ref_history["rounds"][2]["metrics"]
+    assert {int(m.content[P.CONFIG]["round"]) for m in grid.sent if m.metadata.message_type == P.EVALUATE} == {1, 2, 4}
