@@ -142,6 +142,7 @@ def _child(args: argparse.Namespace) -> dict:
     rss0 = _status("VmRSS")
     _reset_peak()
     t_np = t_torch = t_fuse = 0.0
+
     def fuse_add(u: ClientUpdate, i: int) -> float:
         if impl == "stacked":
             held.append(u)

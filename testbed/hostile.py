@@ -230,8 +230,8 @@ def train(msg: Message, context: Context) -> Message:
     if P.EVALUATION in reply.content:
         records[P.EVALUATION] = _forged_scores(evil, dict(reply.content[P.EVALUATION]), tasks)
     elif "t-eval-unasked" in evil:
-        records[P.EVALUATION] = MetricRecord({k: v for t in tasks for k, v in
-                                              {f"accuracy.{t}": 0.5, f"loss.{t}": 1.0, f"examples.{t}": 1.0}.items()})
+        records[P.EVALUATION] = MetricRecord({P.task_key(name, t): value for t in tasks
+                                              for name, value in ((P.ACCURACY, 0.5), (P.LOSS, 1.0), (P.EXAMPLES, 1.0))})
     if "v-missing" in evil:
         records.pop(P.EVALUATION, None)
     if "t-no-model" in evil:
