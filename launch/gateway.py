@@ -642,15 +642,28 @@ def _uvicorn_config(config: GatewayConfig, log_level: str = "info") -> Any:
     )
 
 
-def serve(config: GatewayConfig, log_level: str = "info", validate: bool = True) -> None:
-    """Run the gateway in the foreground until SIGINT/SIGTERM."""
+def _uvicorn_server(config: GatewayConfig, log_level: str = "info") -> Any:
+    """A `uvicorn.Server` for the gateway that, when it stops, first answers the pulls it holds
+    (`PullHolder.release_all`); plain uvicorn waits for them, up to its graceful-shutdown timeout."""
     import uvicorn  # pylint: disable=import-outside-toplevel
 
+    class GatewayServer(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            released = self.config.app.holder.release_all()
+            if released:
+                LOG.info("Stopping: answered %d held pull(s) at once", released)
+            await super().shutdown(sockets)
+
+    return GatewayServer(_uvicorn_config(config, log_level))
+
+
+def serve(config: GatewayConfig, log_level: str = "info", validate: bool = True) -> None:
+    """Run the gateway in the foreground until SIGINT/SIGTERM."""
     from launch.gateway_server import serve_gateway  # pylint: disable=import-outside-toplevel
 
     if validate:
         config.validate()
-    server = uvicorn.Server(_uvicorn_config(config, log_level))
+    server = _uvicorn_server(config, log_level)
     lim = config.limits
     LOG.info(
         "Fleet gateway: %s://%s -> %s (only POST %s); %s; bodies <= %d B (push-object, push-messages) "

@@ -57,6 +57,7 @@ def test_robust_pooling_outvotes_one_steering_client() -> None:
     assert res.groupings["lookahead"] == suite.planted_groups and res.groupings["cosine"] == suite.planted_groups
 
 
+@pytest.mark.slow
 def test_robust_combination_outvotes_one_steering_virtual_step_client() -> None:
     """Virtual-step stats: client 1 claims a fake grouping with extreme but in-range values and the
     most measurements allowed; the per-client median keeps the planted grouping, the exact merge does not."""

@@ -161,6 +161,33 @@ def test_a_newer_pull_of_the_same_node_ends_the_older_hold() -> None:
     assert answer is not None and answer[2] == EMPTY and ended < 1.0
 
 
+def test_release_all_answers_every_held_pull_at_once_and_holds_no_more() -> None:
+    """What a stopping gateway does first: no held pull (message or object) keeps it waiting."""
+    obj = PullObjectRequest(node=Node(node_id=9), run_id=1, object_id="abc").SerializeToString()
+    pending = PullObjectResponse(object_found=True, object_available=False).SerializeToString()
+
+    async def go() -> tuple[list, float, int, list[float]]:
+        holder = PullHolder(hold_s=30.0, poll_s=0.05, object_poll_s=0.05)
+        async with _client([(200, EMPTY)], []) as messages, _client([(200, pending)], []) as objects:
+            held = [asyncio.ensure_future(holder.pull(messages, PULL_ROUTE, HEADERS, _pull_body(n), _Conn().receive))
+                    for n in (1, 2)]
+            held.append(asyncio.ensure_future(holder.pull(objects, OBJECT_ROUTE, HEADERS, obj, _Conn().receive)))
+            await asyncio.sleep(0.3)
+            t0 = time.monotonic()
+            released = holder.release_all()
+            answers = await asyncio.wait_for(asyncio.gather(*held), 2.0)
+            took = time.monotonic() - t0
+            calls: list[float] = []
+            async with _client([(200, EMPTY)], calls) as late:  # after release: forwarded once, never held
+                answers.append(await holder.pull(late, PULL_ROUTE, HEADERS, _pull_body(3), _Conn().receive))
+        return answers, took, released, calls
+
+    answers, took, released, calls = asyncio.run(go())
+    assert released == 3 and took < 1.0
+    assert [a[2] for a in answers] == [EMPTY, EMPTY, pending, EMPTY]  # the SuperLink's own last answers
+    assert len(calls) == 1
+
+
 def test_an_object_not_uploaded_yet_is_held_until_it_is() -> None:
     body = PullObjectRequest(node=Node(node_id=7), run_id=1, object_id="abc").SerializeToString()
     pending = PullObjectResponse(object_found=True, object_available=False).SerializeToString()

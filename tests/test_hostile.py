@@ -66,6 +66,7 @@ WIRE_REASONS = {
 }
 
 
+@pytest.mark.slow
 def test_forged_train_and_evaluate_replies_are_refused_named_and_change_nothing(tmp_path, reference):
     # each hostile client forges one kind of train reply and one kind of evaluate reply
     behaviours = [f"{t},{EVALUATE[i % len(EVALUATE)]}" for i, t in enumerate(TRAIN)]
