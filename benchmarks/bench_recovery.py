@@ -3,7 +3,8 @@
 Usage:
   python benchmarks/bench_recovery.py [--quick] [--seeds 0,1,2] [--rounds 12] [--split-round 3]
          [--signal lookahead] [--affinity-method gradients|virtual-step|both] [--affinity-steps N]
-         [--affinity-sketch-dim D] [--configs N] [--set KEY=VALUE ...] [--out DIR]
+         [--affinity-sketch-dim D] [--configs N] [--holdings all,some,one] [--clients-per-task K]
+         [--set KEY=VALUE ...] [--out DIR]
 
 Planted suites (`tasks/planted.py`, built by name through `testbed/planted_mix.py`) at several
 levels of relatedness (`variation`: how far each task's teacher strays from its group's) and
@@ -124,7 +125,7 @@ def run_mix(mix: Mix, seed: int, args: argparse.Namespace, work: Path, setting: 
     if setting is not None:
         config[setting[0]] = setting[1]
     tag = f"{setting[0]}={setting[1]}" if setting else "main"
-    res = run_federation(config, mix.tasks, work / f"{mix.tasks}-{mix.holdings}-{seed}-{tag}")
+    res = run_federation(config, mix.tasks * args.clients_per_task, work / f"{mix.tasks}-{mix.holdings}-{seed}-{tag}")
     rounds = {r["round"]: r for r in res.history["rounds"]}
     split_round = args.split_round
     tracked = (rounds[split_round].get("affinity") or {}).get("tracked") or {}
@@ -299,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--affinity-steps", type=int, default=None)
     ap.add_argument("--affinity-sketch-dim", type=int, default=None)
     ap.add_argument("--configs", type=int, default=None, help="only the first N task mixes")
+    ap.add_argument("--holdings", default=",".join(HOLDINGS),
+                    help=f"only the mixes whose clients hold these (comma-separated of {', '.join(HOLDINGS)})")
+    ap.add_argument("--clients-per-task", type=int, default=1,
+                    help="clients = this x the number of tasks (default 1; with 'one', the holders of each task)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key")
     ap.add_argument("--out", type=Path, default=B.RESULTS / "recovery")
     args = ap.parse_args(argv)
@@ -319,10 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.extra.setdefault("local-steps", 15)
     mixes = quick_mixes() if args.quick else full_mixes()
+    holdings = B.parse_list(args.holdings, str)
+    if not set(holdings) <= set(HOLDINGS) or args.clients_per_task < 1:
+        ap.error(f"--holdings must name some of {HOLDINGS}, --clients-per-task must be >= 1")
+    mixes = [m for m in mixes if m.holdings in holdings]
     mixes = mixes[: args.configs] if args.configs else mixes
     report = B.new_report("recovery", "Grouping recovery on planted task mixes", {
         "mixes": [asdict(m) | {"tasks_per_client": m.tasks_per_client} for m in mixes], "seeds": args.seeds,
         "rounds": args.rounds, "split_round": args.split_round, "signal": args.signal, "affinity_every": args.every,
+        "clients_per_task": args.clients_per_task,
         "run_config": BASE | args.extra, "driver": "in-process grid, serial clients", "quick": args.quick})
     sweep_values = [parse_value(v) for v in B.parse_list(args.sweep if args.sweep is not None else
                                                          ("" if args.quick or args.configs else "2,5,10,20"))]
