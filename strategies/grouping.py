@@ -18,13 +18,20 @@ Search (`best_grouping`): disjoint groups covering every task, at most `max_grou
     one vectorised gather + `maximum.reduceat`: O(3^n * max_groups). Measured at n = 12:
     ~0.09 s on the first call (builds the cached pair table), ~0.02 s after; brute force is
     ~1000x slower already at n = 10 (benchmarks/bench_grouping.py).
-  * n > `exact_limit`: deterministic heuristic — greedy agglomerative merging (best merge
+  * n > `exact_limit`, at most 2 groups (n <= BIPARTITION_LIMIT, 20): EXACT too - every
+    bipartition {A, rest} with task 0 in A is scored, 2^(n-1) of them, vectorised in chunks
+    (~10 ms at n = 16, ~0.25 s at n = 20). The local search below missed the optimum in 1-2 of
+    20 random matrices per n = 13..16 at 2 groups (benchmarks/bench_grouping.py).
+  * n > `exact_limit`, 3 or more groups: deterministic heuristic — greedy agglomerative merging (best merge
     first; forced merges while there are more than max_groups groups) followed by best-
     improvement local search (move one task, swap two tasks, merge two groups), also started
-    from the all-in-one partition and from 8 random partitions drawn with a FIXED seed; the
-    best result wins (same tie rule). Every move's gain is O(1) from per-group sums, so n = 16
-    takes ~10 ms. Not guaranteed optimal: on 180 random n = 9..12 instances (checked against
-    the exact DP) it was optimal in 179, within 1.5% in the other.
+    from the all-in-one partition, the best bipartition (n <= 20) and 32 random partitions
+    drawn with a FIXED seed (8 missed the optimum at 3 groups in 1-2 of 20 random matrices at
+    n = 13, 14; 32 found it in 20 of 20, ~90 ms); the
+    best result wins (same tie rule). Every move's gain is O(1) from per-group sums, so one
+    local search at n = 16 takes a few ms. Not guaranteed optimal (with 8 restarts, on 180
+    random n = 9..12 instances checked against the exact DP, it was optimal in 179, within
+    1.5% in the other).
 
 Tie-breaking (both exact search and `brute_force_grouping`): partitions whose objective is
 within a tolerance (1e-9 * max|Z|) of the best are ties; among them the one with the FEWEST
@@ -42,6 +49,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 
 EXACT_LIMIT = 12
+BIPARTITION_LIMIT = 20  # at most 2 groups: every bipartition is scored up to here (2^19 at n = 20, ~0.2 s)
 _REL_TOL = 1e-9
 
 Groups = tuple[tuple[int, ...], ...]
@@ -296,6 +304,54 @@ def _exact_grouping(z: np.ndarray, max_groups: int) -> Groups:
 
 
 # --------------------------------------------------------------------------------------------
+# Exact search at most two groups: every bipartition (any n up to BIPARTITION_LIMIT)
+# --------------------------------------------------------------------------------------------
+
+
+def _bipartition_totals(z: np.ndarray, chunk: int = 1 << 15) -> np.ndarray:
+    """n * objective of every partition into {A, rest} with task 0 in A, indexed by the bits of
+    tasks 1..n-1 in A (the last index, every task in A, is the one-group partition)."""
+    n = z.shape[0]
+    zs, lone = z + z.T, lone_scores(z)
+    count = 1 << (n - 1)
+    totals = np.empty(count)
+    shifts = np.arange(n - 1)
+    for lo in range(0, count, chunk):
+        m = np.arange(lo, min(lo + chunk, count))
+        a = np.ones((len(m), n))
+        a[:, 1:] = (m[:, None] >> shifts) & 1
+        b = 1.0 - a
+        parts = []
+        for side in (a, b):
+            size = side.sum(axis=1)
+            w = 0.5 * ((side @ zs) * side).sum(axis=1)
+            single = side @ lone  # the lone score of a one-task side
+            parts.append(_values(w, size, single))
+        totals[m] = parts[0] + parts[1]
+    return totals
+
+
+def _best_bipartition(z: np.ndarray) -> Groups:
+    """The best partition into at most 2 groups, exactly, with the module's tie rule."""
+    n = z.shape[0]
+    if n == 1:
+        return ((0,),)
+    totals = _bipartition_totals(z)
+    tol = _tolerance(z) * n
+    best = float(totals.max())
+    one_group = len(totals) - 1
+    if totals[one_group] >= best - tol:
+        return (tuple(range(n)),)
+    ties = np.flatnonzero(totals >= best - tol)
+
+    def groups_of(m: int) -> Groups:
+        a = (0,) + tuple(i + 1 for i in range(n - 1) if m >> i & 1)
+        return canonical([a, tuple(i for i in range(n) if i not in a)])
+
+    return min((groups_of(int(m)) for m in ties), key=lambda g: (len(g), g))
+
+
+# --------------------------------------------------------------------------------------------
 # Heuristic search for n > exact_limit
 # --------------------------------------------------------------------------------------------
 
@@ -429,11 +485,18 @@ def _local_search(p: _Partition, max_groups: int, tol: float, max_iter: int = 10
     return p
 
 
-def _heuristic_grouping(z: np.ndarray, max_groups: int, restarts: int = 8) -> Groups:
+def _heuristic_grouping(z: np.ndarray, max_groups: int, restarts: int = 32, seeds: Sequence[Groups] = ()) -> Groups:
+    """Local search from agglomeration, all-in-one, `seeds` (e.g. the best bipartition) and
+    `restarts` random partitions; the best local optimum wins (module tie rule)."""
     n = z.shape[0]
     lone = lone_scores(z)
     tol = _tolerance(z) * n
     starts = [_agglomerate(z, lone, max_groups, tol), _Partition(z, lone, [0] * n)]
+    for groups in seeds:
+        labels = np.zeros(n, dtype=np.int64)
+        for g, members in enumerate(groups):
+            labels[list(members)] = g
+        starts.append(_Partition(z, lone, labels))
     rng = np.random.default_rng(0)  # fixed seed: restarts are part of the deterministic algorithm
     for _ in range(restarts):
         starts.append(_Partition(z, lone, rng.integers(0, min(max_groups, n), size=n)))
@@ -455,7 +518,9 @@ def best_grouping(
 ) -> Grouping:
     """The partition maximising the MAS objective with at most `max_groups` groups.
 
-    Exact (DP) for n <= `exact_limit`, heuristic above it (`Grouping.exact` says which).
+    Exact (DP) for n <= `exact_limit`; above it exact too for at most 2 groups (every
+    bipartition, n <= BIPARTITION_LIMIT), else the heuristic, which also starts from the best
+    bipartition (`Grouping.exact` says which).
     The DP needs O(3^n) memory: raising `exact_limit` to 13-14 is fine, 15+ costs GBs.
     Deterministic; ties resolved as described in the module docstring.
     """
@@ -463,7 +528,13 @@ def best_grouping(
     n = z.shape[0]
     if n <= exact_limit:
         return _make_grouping(affinity, _exact_grouping(z, max_groups), task_names, True)
-    return _make_grouping(affinity, _heuristic_grouping(z, max_groups), task_names, False)
+    if max_groups == 1:
+        return _make_grouping(affinity, (tuple(range(n)),), task_names, True)
+    halves = _best_bipartition(z) if n <= BIPARTITION_LIMIT else None
+    if halves is not None and max_groups == 2:
+        return _make_grouping(affinity, halves, task_names, True)
+    seeds = [] if halves is None else [halves]
+    return _make_grouping(affinity, _heuristic_grouping(z, max_groups, seeds=seeds), task_names, False)
 
 
 def set_partitions(n: int, max_groups: int | None = None) -> Iterator[Groups]:

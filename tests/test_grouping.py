@@ -115,10 +115,37 @@ def test_heuristic_valid_for_n16_and_deterministic() -> None:
         z = _random_affinity(16, seed)
         for max_groups in (1, 3, 16):
             g = best_grouping(z, max_groups)
-            assert not g.exact and g.num_groups <= max_groups
+            assert g.exact == (max_groups == 1) and g.num_groups <= max_groups
             _assert_partition(g.groups, 16)
             assert best_grouping(z, max_groups) == g
     assert best_grouping(np.zeros((16, 16)), 4).groups == (tuple(range(16)),)
+
+
+@pytest.mark.parametrize("n", range(1, 10))
+def test_bipartition_search_equals_brute_force(n: int) -> None:
+    """At most 2 groups above the DP's limit: every bipartition, same answer and tie rule."""
+    for seed in range(12):
+        z = _random_affinity(n, seed)
+        got, want = best_grouping(z, 2, exact_limit=0), brute_force_grouping(z, 2)
+        assert got.groups == want.groups and got.exact, (n, seed)
+        assert got.score == pytest.approx(want.score, abs=1e-12)
+    assert best_grouping(np.zeros((n, n)), 2, exact_limit=0).groups == (tuple(range(n)),)
+
+
+def test_two_groups_above_the_dp_limit_are_exact() -> None:
+    for seed in range(3):
+        z = _random_affinity(13, seed)
+        got, dp = best_grouping(z, 2), best_grouping(z, 2, exact_limit=13)
+        assert got.exact and got.groups == dp.groups, seed
+        assert best_grouping(z, 1).groups == (tuple(range(13)),)
+
+
+def test_local_search_finds_the_optimum_at_three_groups_above_the_dp_limit() -> None:
+    """bench_grouping's random matrices at n = 13 (seed 12: 8 restarts, no bipartition start, missed)."""
+    for seed in (12, 1, 2):
+        z = np.random.default_rng([13, 3, seed]).normal(size=(13, 13))
+        got, dp = best_grouping(z, 3), best_grouping(z, 3, exact_limit=13)
+        assert not got.exact and got.score == pytest.approx(dp.score, abs=1e-12), seed
 
 
 def test_heuristic_matches_exact_on_planted_blocks() -> None:
