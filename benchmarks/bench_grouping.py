@@ -127,29 +127,23 @@ def heuristic_check(ns: list[int], seeds: int, budget: float, per_partition: flo
     (the local search it used before missed 1-2 in 20); and at B = 3, where it is the local
     search, against the exact DP forced up to `dp_max`."""
     rows, detail = [], []
-    for n in [n for n in ns if n > EXACT_LIMIT]:
-        if partitions(n, 2) * per_partition * seeds > 4 * budget:
-            continue
+
+    def against(n: int, b: int, reference: str, optimum) -> None:  # noqa: ANN001 - optimum(z) -> Grouping
         hits, gaps = 0, []
         for seed in range(1, seeds + 1):
-            z = matrix("random", n, 2, seed)
-            g, ref = best_grouping(z, 2), brute_force_grouping(z, 2)
+            z = matrix("random", n, b, seed)
+            g, ref = best_grouping(z, b), optimum(z)
             gap = ref.score - g.score
             hits += gap <= 1e-9 * max(1.0, float(np.abs(z).max()))
             gaps.append(gap)
-            detail.append({"n": n, "seed": seed, "gap": gap, "search": g.to_dict(), "brute": ref.to_dict()})
-        rows.append([n, 2, f"{hits}/{seeds}", max(gaps), B.mean_std(gaps)[0]])
+            detail.append({"n": n, "B": b, "seed": seed, "gap": gap, "search": g.to_dict(), reference: ref.to_dict()})
+        rows.append([n, b, f"{hits}/{seeds}", max(gaps), B.mean_std(gaps)[0]])
+
+    for n in [n for n in ns if n > EXACT_LIMIT and partitions(n, 2) * per_partition * seeds <= 4 * budget]:
+        against(n, 2, "brute", lambda z: brute_force_grouping(z, 2))
     # At B = 3 the search above n = 12 is the local search: against the forced DP where it fits.
     for n in [n for n in ns if EXACT_LIMIT < n <= dp_max]:
-        hits, gaps = 0, []
-        for seed in range(1, seeds + 1):
-            z = matrix("random", n, 3, seed)
-            g, ref = best_grouping(z, 3), best_grouping(z, 3, exact_limit=n)
-            gap = ref.score - g.score
-            hits += gap <= 1e-9 * max(1.0, float(np.abs(z).max()))
-            gaps.append(gap)
-            detail.append({"n": n, "B": 3, "seed": seed, "gap": gap, "search": g.to_dict(), "dp": ref.to_dict()})
-        rows.append([n, 3, f"{hits}/{seeds}", max(gaps), B.mean_std(gaps)[0]])
+        against(n, 3, "dp", lambda z, n=n: best_grouping(z, 3, exact_limit=n))
         _split_pairs.cache_clear()
     return {"table": B.table(f"best_grouping (n > {EXACT_LIMIT}) against the optimum, random matrices (B = 2: brute "
                              "force; B = 3: the forced exact DP)",
@@ -178,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dp-max", type=int, default=14, help="largest n for the forced exact DP (3^n memory)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--heuristic-seeds", type=int, default=None,
-                    help="random matrices per n for the local-search optimality check at B = 2 (default 20, quick 0)")
+                    help="random matrices per n for the optimality check above n = 12 (B = 2 against brute "
+                         "force, B = 3 against the forced exact DP; default 20, quick 0)")
     ap.add_argument("--out", type=Path, default=B.RESULTS / "grouping")
     args = ap.parse_args(argv)
 

@@ -163,7 +163,6 @@ class PullHolder:
             if node is not None and self._holds.get(node) is stop:
                 del self._holds[node]
 
-
     def release_all(self) -> int:
         """Answer every held pull now and hold no more (the gateway is stopping); how many were held."""
         self.closing = True

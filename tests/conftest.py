@@ -22,6 +22,10 @@ DURATIONS = Path(__file__).with_name("durations.json")
 SLOW_TEST_SECONDS = 60  # estimate for a `slow` test of a file not in DURATIONS; other tests: 1 s
 
 
+def _file_of(item) -> str:  # noqa: ANN001 - a pytest item
+    return item.nodeid.split("::", 1)[0]
+
+
 def _file_seconds(items) -> dict[str, float]:  # noqa: ANN001 - pytest items
     try:
         measured = json.loads(DURATIONS.read_text())
@@ -29,7 +33,7 @@ def _file_seconds(items) -> dict[str, float]:  # noqa: ANN001 - pytest items
         measured = {}
     estimate: dict[str, float] = {}
     for item in items:
-        path = item.nodeid.split("::", 1)[0]
+        path = _file_of(item)
         estimate[path] = estimate.get(path, 0.0) + (SLOW_TEST_SECONDS if item.get_closest_marker("slow") else 1.0)
     return {path: float(measured.get(path, guess)) for path, guess in estimate.items()}
 
@@ -47,10 +51,5 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 - pyte
     seconds = _file_seconds(items)
     first: dict[str, int] = {}
     for i, item in enumerate(items):
-        first.setdefault(item.nodeid.split("::", 1)[0], i)
-
-    def key(item) -> tuple[float, int]:  # noqa: ANN001
-        path = item.nodeid.split("::", 1)[0]
-        return -seconds[path], first[path]
-
-    items.sort(key=key)
+        first.setdefault(_file_of(item), i)
+    items.sort(key=lambda item: (-seconds[_file_of(item)], first[_file_of(item)]))
