@@ -17,6 +17,8 @@ processes on 127.0.0.1, tiny suite, MAS splitting into 2 groups after round 2. V
     one-message  fedmtl's defaults plus `--set evaluate-in-train=true`: a round's evaluation
              travels with the next round's train messages, so a client gets one message a round
              instead of two (the last round, and a round a split follows, still evaluate apart)
+    one-message-0.5  one-message with Flower's own 0.5 s reply poll (`--reply-poll 0.5`; the
+             others but flower and poll use fedmtl's 0.02 s, launch/supernode_main.py)
 
 Per round it reads `history.json` (`seconds`, `compute.train_seconds`) and the clients' own
 per-message timing (`FEDMTL_CLIENT_TIMING`, see client/timing.py), and reports
@@ -38,7 +40,7 @@ timestamps of their SuperNode's log lines):
     startup   process start -> handler entered (imports, FAB install, app load, task input)
     handler   handler time that is not compute (data folder, model build, serialization)
     reply     handler left -> the SuperNode logged "Sent successfully" (it looks for the reply,
-              and for each of its objects, every 0.5 s; the upload)
+              and for each of its objects, every --reply-poll s; the upload)
     coord     per round: the gaps between a phase's last reply sent and the next messages'
               creation, summed (the coordinator's reply poll and its own work: fusion,
               history, checkpoint)
@@ -74,10 +76,16 @@ from launch.processes import free_port  # noqa: E402
 FEDMTL = [sys.executable, "-m", "fedmtl.cli"]
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "flower": {"executor": "flower", "task_poll": 1.0, "pull_hold": 0.0, "evaluate_in_train": False},
-    "poll": {"executor": "flower", "task_poll": 0.05, "pull_hold": 20.0, "evaluate_in_train": False},
-    "fedmtl": {"executor": "fork", "task_poll": None, "pull_hold": 20.0, "evaluate_in_train": False},
-    "one-message": {"executor": "fork", "task_poll": None, "pull_hold": 20.0, "evaluate_in_train": True},
+    "flower": {"executor": "flower", "task_poll": 1.0, "pull_hold": 0.0, "evaluate_in_train": False,
+               "reply_poll": 0.5},
+    "poll": {"executor": "flower", "task_poll": 0.05, "pull_hold": 20.0, "evaluate_in_train": False,
+             "reply_poll": 0.5},
+    "fedmtl": {"executor": "fork", "task_poll": None, "pull_hold": 20.0, "evaluate_in_train": False,
+               "reply_poll": None},
+    "one-message": {"executor": "fork", "task_poll": None, "pull_hold": 20.0, "evaluate_in_train": True,
+                    "reply_poll": None},
+    "one-message-0.5": {"executor": "fork", "task_poll": None, "pull_hold": 20.0, "evaluate_in_train": True,
+                        "reply_poll": 0.5},
 }
 
 
@@ -260,7 +268,8 @@ def run_variant(name: str, setup: Setup, rounds: int, timeout: float) -> Variant
                 "client", "--coordinator", f"127.0.0.1:{port}", "--data", setup.data / f"client_{i}",
                 "--key", setup.keys / f"client_{i}" / f"client_{i}.key", "--ca", vroot / "public" / "ca.crt",
                 "--work-dir", work, "--max-wait", 60, "--executor", settings["executor"],
-                *(["--task-poll", settings["task_poll"]] if settings["task_poll"] is not None else [])],
+                *(["--task-poll", settings["task_poll"]] if settings["task_poll"] is not None else []),
+                *(["--reply-poll", settings["reply_poll"]] if settings["reply_poll"] is not None else [])],
                 vroot / f"client_{i}.log",
                 env={TIMING_ENV: str(timing_file)}))
         rc = None

@@ -41,18 +41,24 @@ from typing import Any
 
 import benchlib as B
 
+from launch.simulation_main import PUMP_ENV  # noqa: E402 - benchlib puts the repo on sys.path
+
 ROUND_LINE = re.compile(r"^round\s+(\d+)/(\d+)\s+\|")
 SERVERAPP_LINE = re.compile(r"^fedmtl: suite ")
 SUBMITTED = re.compile(r"^\[launcher\] run \d+ submitted")
 
 
-def run_size(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    out = work / f"n{n}"
+def run_size(n: int, args: argparse.Namespace, work: Path, pump: str = "fedmtl") -> dict[str, Any]:
+    """One `fedmtl simulate` of `n` clients; `pump="flower"` runs Flower's own message pump
+    (launch/simulation_main.py) for the side-by-side table."""
+    out = work / f"n{n}-{pump}"
     frac = min(1.0, args.sample / n)
     cmd = [sys.executable, "-m", "fedmtl.cli", "simulate", "--suite", args.suite, "--clients", str(n),
            "--rounds", str(args.rounds), "--mode", "all-in-one", "--fraction", repr(frac),
            "--set", f"fraction-evaluate={frac!r}", "--out", str(out)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if pump == "flower":
+        env[PUMP_ENV] = "flower"
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=B.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             bufsize=1, start_new_session=True)
@@ -89,7 +95,7 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     timer.cancel()
     wall = time.perf_counter() - start
     res: dict[str, Any] = {
-        "clients": n, "fraction": frac, "rc": rc, "wall": wall, "marks": marks, "round_lines": rounds,
+        "clients": n, "pump": pump, "fraction": frac, "rc": rc, "wall": wall, "marks": marks, "round_lines": rounds,
         "peak_pss": sampler.peak_pss, "peak_rss": sampler.peak_rss, "peak_processes": sampler.peak_processes,
         "round0_pss": memory_at.get("round0_pss"), "memory_samples": sampler.samples[:: max(1, len(sampler.samples) // 400)],
         "guard_tripped_at": guard["tripped"], "tail": tail,
@@ -113,7 +119,7 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         where = "memory guard" if guard["tripped"] else ("timeout" if wall >= args.timeout else "the run")
         res["failure"] = f"{where}: exit {rc}; last lines: " + " | ".join(tail[-8:])
     gib = B.GIB
-    print(f"  N={n:>6}: {'ok' if res['ok'] else 'FAILED'}, start-up {res['startup'] or float('nan'):.1f}s, "
+    print(f"  N={n:>6} ({pump} pump): {'ok' if res['ok'] else 'FAILED'}, start-up {res['startup'] or float('nan'):.1f}s, "
           f"s/round {B.median(res.get('round_seconds') or []):.2f}, peak PSS {res['peak_pss'] / gib:.2f} GiB "
           f"(RSS {res['peak_rss'] / gib:.2f} GiB, {res['peak_processes']} processes), wall {wall:.0f}s", flush=True)
     if not res["ok"]:
@@ -164,6 +170,21 @@ def tables(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict
     return [main, B.table("Scale targets", ["target", "result", "verdict"], verdicts), phases], verdicts
 
 
+def pump_table(results: list[dict[str, Any]], flower: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seconds per round with fedmtl's message pump and with Flower's, run one after the other."""
+    ours = {r["clients"]: r for r in results}
+    rows = []
+    for f in flower:
+        r = ours[f["clients"]]
+        a, b = B.median(r.get("round_seconds") or []), B.median(f.get("round_seconds") or [])
+        rows.append([f["clients"], a, b, b / a if r["ok"] and f["ok"] else None, r["startup"], f["startup"]])
+    return B.table("Simulation message pump: fedmtl's (nodes with a message waiting) against Flower's (every "
+                   "node, every sweep), same size, one after the other",
+                   ["clients N", "s/round fedmtl pump", "s/round Flower pump", "Flower / fedmtl",
+                    "start-up s fedmtl", "start-up s Flower"], rows,
+                   note="median over rounds 1..R of the history's round seconds.")
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib
 
@@ -199,20 +220,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-guard-gib", type=float, default=16.0, help="stop a run whose summed PSS passes this")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds one size may take")
     ap.add_argument("--out", type=Path, default=B.RESULTS / "scale")
+    ap.add_argument("--compare-pump", default="", metavar="SIZES",
+                    help="at these sizes also run Flower's own simulation message pump, side by side "
+                         "(comma-separated, e.g. 10,10000; launch/simulation_main.py)")
     args = ap.parse_args(argv)
     sizes = B.parse_list(args.sizes or ("10,100" if args.quick else "10,100,1000,10000"), int)
     args.rounds = args.rounds or (2 if args.quick else 5)
     report = B.new_report("scale", "Scale: simulated clients on one machine", {
         "sizes": sizes, "sample": args.sample, "rounds": args.rounds, "suite": args.suite,
         "memory_guard_gib": args.memory_guard_gib, "quick": args.quick})
-    results = []
+    results, flower = [], []
+    compare = B.parse_list(args.compare_pump, int) if args.compare_pump else []
     with tempfile.TemporaryDirectory(prefix="fedmtl-bench-scale-") as tmp:
         for n in sizes:
             results.append(run_size(n, args, Path(tmp)))
+            if n in compare:
+                flower.append(run_size(n, args, Path(tmp), pump="flower"))
     report["tables"], report["targets"] = tables(results, args)
+    if flower:
+        report["tables"].append(pump_table(results, flower))
     for t in report["tables"]:
         B.print_table(t)
-    report["raw"] = {"sizes": results}
+    report["raw"] = {"sizes": results, "flower_pump": flower}
     args.out.mkdir(parents=True, exist_ok=True)
     if sum(r["ok"] for r in results) >= 2:
         plot(results, args.out / "scale.png")

@@ -78,6 +78,7 @@ from launch.superlink import (
     child_env,
     flower_bin_dir,
 )
+from launch.simulation_main import write_shim as write_simulation_shim
 
 __all__ = [
     "COMPLETED",
@@ -417,8 +418,12 @@ def run_simulation_app(
     if check_bundle:
         check_fab(app_dir, forbidden=[run_dir, *keep_out_of_bundle])
 
+    # SuperExec starts `flwr-simulation` by name: ours first on PATH (a faster message pump, see
+    # launch/simulation_main.py), then Flower's.
+    shim_dir = write_simulation_shim(run_dir / "bin").parent
+    path = os.pathsep.join([str(shim_dir), child_env()["PATH"]])
     link = SuperLinkProcess(SuperLinkConfig(
-        run_dir=run_dir, simulation=True, flwr_home=flwr_home, env={"RAY_ADDRESS": resources.ray_env},
+        run_dir=run_dir, simulation=True, flwr_home=flwr_home, env={"RAY_ADDRESS": resources.ray_env, "PATH": path},
     ))
     restore_sigterm = install_stop_handlers(as_exit=True, sigint=False)  # SIGTERM -> SystemExit: `finally` tears down
     tail: deque[str] = deque(maxlen=400)

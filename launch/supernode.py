@@ -38,12 +38,14 @@ from launch.flwr_cli import strip_ansi
 from launch.pinned_clientapp import pinned_env, write_shim
 from launch.processes import ENV_TAG, ProcessFamily, free_port, spawn_reaper
 from launch.superlink import child_env, flower_bin_dir
+from launch.supernode_main import DEFAULT_REPLY_POLL_S
 
 __all__ = [
     "EXECUTORS",
     "FORKSERVER",
     "LogFollower",
     "SuperNodeConfig",
+    "SUPERNODE_MAIN",
     "SuperNodeProcess",
     "classify_supernode_output",
 ]
@@ -53,6 +55,8 @@ __all__ = [
 EXECUTORS = ("fork", "flower")
 #: The fork server's script (run by path: it must not import fedmtl's packages, see its docstring).
 FORKSERVER = Path(__file__).resolve().with_name("clientapp_forkserver.py")
+#: `flower-supernode` with a short reply poll (run by path, like the fork server).
+SUPERNODE_MAIN = Path(__file__).resolve().with_name("supernode_main.py")
 #: How often a dead fork server is replaced (`SuperNodeProcess.revive_executor`) before the
 #: client gives up: a fork server that keeps dying has a cause a restart does not fix.
 MAX_EXECUTOR_RESTARTS = 3
@@ -178,7 +182,9 @@ class SuperNodeConfig:
     `executor="flower"` through Flower's own SuperExec. `task_poll_s` is how often either polls
     the SuperNode for a new ClientApp task; None: the executor's default (the fork server:
     `FORK_TASK_POLL_S`, as it also asks at once when the SuperNode's log shows a message received;
-    Flower's SuperExec: its own 1 s).
+    Flower's SuperExec: its own 1 s). `reply_poll_s` is how often the SuperNode looks for the
+    ClientApp's reply (`launch/supernode_main.py`); None: Flower's hard-coded 0.5 s, plain
+    `flower-supernode`.
     """
 
     superlink: str
@@ -198,6 +204,7 @@ class SuperNodeConfig:
     executor: str = "fork"
     preload: Sequence[str] = ("numpy", "torch", "torch.optim", "torch._dynamo")
     task_poll_s: float | None = None
+    reply_poll_s: float | None = DEFAULT_REPLY_POLL_S
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -208,6 +215,8 @@ class SuperNodeConfig:
             raise ValueError("executor='fork' needs os.fork (Linux, macOS): use executor='flower' here")
         if self.task_poll_s is not None and not 0.01 <= self.task_poll_s <= 60:
             raise ValueError(f"task_poll_s={self.task_poll_s}: must be between 0.01 and 60 seconds (Flower's range)")
+        if self.reply_poll_s is not None and not 0.001 <= self.reply_poll_s <= 0.5:
+            raise ValueError(f"reply_poll_s={self.reply_poll_s}: must be between 0.001 and 0.5 seconds (Flower's own)")
         if self.insecure and self.private_key is not None:
             raise ValueError("client authentication needs TLS: do not combine --insecure with --key")
         if not self.insecure and self.private_key is None:
@@ -238,9 +247,12 @@ class SuperNodeProcess:
 
     def command(self) -> list[str]:
         cfg = self.config
-        cmd = [str(flower_bin_dir() / "flower-supernode"), "--superlink", cfg.superlink,
-               "--port", str(self.port), "--node-config", str(self.node_config_path),
-               "--max-wait-time", f"{cfg.max_wait_s:g}"]
+        if cfg.reply_poll_s is None:
+            cmd = [str(flower_bin_dir() / "flower-supernode")]
+        else:
+            cmd = [sys.executable, str(SUPERNODE_MAIN), "--reply-poll", f"{cfg.reply_poll_s:g}"]
+        cmd += ["--superlink", cfg.superlink, "--port", str(self.port), "--node-config", str(self.node_config_path),
+                "--max-wait-time", f"{cfg.max_wait_s:g}"]
         if cfg.trusted_entities is not None:
             cmd += ["--trusted-entities", str(Path(cfg.trusted_entities).resolve())]
         if cfg.insecure:

@@ -41,6 +41,7 @@ from launch.gateway_hold import OBJECT_ROUTE, PULL_ROUTE, PullHolder
 from launch.supernode import (
     FORKSERVER,
     MAX_EXECUTOR_RESTARTS,
+    SUPERNODE_MAIN,
     TASK_POLL_ENV,
     SuperNodeConfig,
     SuperNodeProcess,
@@ -231,6 +232,32 @@ def test_fork_executor_runs_the_supernode_in_process_isolation(tmp_path: Path) -
     assert fork[fork.index("--supernode-log") + 1] == str(node.log_path)
     assert fork[fork.index("--supernode-log-offset") + 1] == "77"
     assert fork[fork.index("--poll-interval") + 1] == "0.5" and TASK_POLL_ENV not in node.env()  # woken by the log
+
+
+def test_supernode_runs_with_a_short_reply_poll_unless_told_flowers(tmp_path: Path) -> None:
+    cmd = _node(tmp_path).command()
+    assert cmd[:4] == [sys.executable, str(SUPERNODE_MAIN), "--reply-poll", "0.02"] and cmd[4] == "--superlink"
+    plain = _node(tmp_path, reply_poll_s=None).command()
+    assert Path(plain[0]).name == "flower-supernode" and plain[1:] == cmd[4:]
+    with pytest.raises(ValueError, match="reply_poll_s=0.7"):
+        _node(tmp_path, reply_poll_s=0.7)
+
+
+def test_reply_poll_patch_fits_the_installed_flower() -> None:
+    """In a fresh interpreter (the patch changes Flower's module): the guard finds Flower's 0.5 s
+    reply wait, and afterwards that sleep, and only that one, is short. A Flower upgrade that
+    moves the wait fails here (the client would then run at Flower's 0.5 s, still correctly)."""
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import supernode_main as m\n"
+            "assert m.shorten_reply_poll(0.01) is None\n"
+            "from flwr.supernode import start_client_internal as loop\n"
+            "t = time.monotonic(); loop.time.sleep(0.5); short = time.monotonic() - t\n"
+            "t = time.monotonic(); loop.time.sleep(0.2); other = time.monotonic() - t\n"
+            "assert short < 0.2 and other >= 0.2 and time.sleep is not loop.time.sleep, (short, other)\n"
+            "assert m.main(['--reply-poll', '0.9']) == 2\n")
+    done = subprocess.run([sys.executable, "-c", code, str(SUPERNODE_MAIN.parent)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "must be between 0.001 and 0.5" in done.stderr
 
 
 def test_flower_executor_keeps_flowers_superexec_with_a_short_poll(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from launch import simulation as launcher
 from launch.flwr_cli import FlwrCli, SuperLinkConnection
 from launch.processes import find_tagged_processes, free_port
 from launch.simulation import SimulationFailed, SimulationResources, check_fab, run_simulation_app
+from launch.simulation_main import PUMP_LINE, PUMP_RECORD, make_pump, waiting_nodes
 from launch.superlink import SuperLinkConfig, SuperLinkProcess
 from testbed.flower_app import write_flower_app
 
@@ -152,6 +153,7 @@ def test_simulation_completes_streams_progress_and_cleans_up(tiny_app: Path, tmp
     assert str(run_dir / "flwr_home" / "apps") in server_line and str(tiny_app) not in server_line
     assert not any("Since flwr 1.32" in ln for ln in lines)  # boilerplate filtered
     assert (run_dir / "superlink.log").is_file()
+    assert (run_dir / "flwr_home" / PUMP_RECORD).read_text().strip() == PUMP_LINE  # launch/simulation_main.py ran
     (link,) = links
     _assert_nothing_left(link, run_dir)
 
@@ -276,3 +278,85 @@ def test_unknown_run_config_keys_are_refused_before_anything_starts(tiny_app: Pa
     with pytest.raises(ValueError, match="nonexistent"):
         run_simulation_app(tiny_app, tmp_path / "run", {"rounds": 1, "nonexistent": 2}, num_supernodes=2)
     assert links == []
+
+
+# ------------------------------------------------------------------------------------------------
+# The simulation's message pump (launch/simulation_main.py)
+# ------------------------------------------------------------------------------------------------
+class _FakeLinkState:
+    """Flower's in-memory link state as the pump sees it: messages by id, a lock, get_message_ins."""
+
+    def __init__(self, dst_nodes: list[int]) -> None:
+        import threading
+        from types import SimpleNamespace
+
+        self.lock = threading.RLock()
+        self.message_ins_store = {f"m{i}": SimpleNamespace(metadata=SimpleNamespace(dst_node_id=n, delivered_at=""))
+                                  for i, n in enumerate(dst_nodes)}
+        self.asked: list[int] = []
+
+    def get_message_ins(self, node_id: int, limit: int | None) -> list:
+        self.asked.append(node_id)
+        out = [m for m in self.message_ins_store.values() if m.metadata.dst_node_id == node_id
+               and m.metadata.delivered_at == ""][:limit]
+        for m in out:
+            m.metadata.delivered_at = "now"
+        return out
+
+
+class _StopAfter:
+    """f_stop for the pump: set after `sweeps` waits."""
+
+    def __init__(self, sweeps: int) -> None:
+        self.left = sweeps
+
+    def is_set(self) -> bool:
+        return self.left <= 0
+
+    def wait(self, _timeout: float) -> None:
+        self.left -= 1
+
+
+def test_pump_asks_only_nodes_with_a_message_waiting_one_per_sweep_in_node_order() -> None:
+    import queue
+
+    state = _FakeLinkState([7, 3, 3, 9])
+    nodes = {n: i for i, n in enumerate([1, 3, 5, 7, 9, 11])}
+    got: queue.Queue = queue.Queue()
+    flower_calls: list[object] = []
+    make_pump(lambda *a: flower_calls.append(a))(state, got, nodes, _StopAfter(3))
+    assert not flower_calls
+    # sweep 1: nodes 3, 7, 9 in the mapping's order; sweep 2: node 3's second message; sweep 3: nothing
+    assert state.asked == [3, 7, 9, 3]
+    order = [got.get_nowait().metadata.dst_node_id for _ in range(got.qsize())]
+    assert order == [3, 7, 9, 3] and waiting_nodes(state) == set()
+
+
+def test_pump_falls_back_to_flowers_for_another_link_state() -> None:
+    calls: list[tuple] = []
+    args = (object(), None, {1: 0}, _StopAfter(1))
+    make_pump(lambda *a: calls.append(a))(*args)
+    assert calls == [args] and waiting_nodes(object()) is None
+
+
+def test_pump_patch_fits_the_installed_flower(tmp_path: Path) -> None:
+    """The shim fedmtl puts on the SuperLink's PATH loads the patch, and its guard accepts the
+    installed Flower's pump (a Flower upgrade that changes the sweep fails here; the simulation
+    would then run with Flower's own pump, still correctly)."""
+    import subprocess
+    import sys
+
+    from launch.simulation_main import SHIM_NAME, write_shim
+
+    shim = write_shim(tmp_path / "bin")
+    assert shim.name == SHIM_NAME and os.access(shim, os.X_OK)
+    code = ("import importlib.util, sys\n"
+            "spec = importlib.util.spec_from_file_location('m', sys.argv[1]); m = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(m)\n"
+            "from flwr.server.superlink.fleet.vce import vce_api\n"
+            "flower = vce_api.add_messages_to_queue\n"
+            "assert m.install() is None and vce_api.add_messages_to_queue is not flower\n")
+    done = subprocess.run([sys.executable, "-c", code, str(Path(launcher.__file__).with_name("simulation_main.py"))],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "simulation_main.py" in shim.read_text()

@@ -33,6 +33,7 @@ from launch.supernode import (
     SuperNodeProcess,
     classify_supernode_output,
 )
+from launch.supernode_main import DEFAULT_REPLY_POLL_S
 
 #: SuperNode lines that tell nothing on a console (shown with --verbose only).
 _NOISE = tuple(re.compile(p) for p in (
@@ -74,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how often the executor asks the SuperNode for a new message to run (default: 0.5 s for "
                         "'fork', which also asks as soon as the SuperNode has received a message; 0.05 s for "
                         "'flower', whose own default is 1 s)")
+    p.add_argument("--reply-poll", type=float, default=DEFAULT_REPLY_POLL_S, metavar="S",
+                   help=f"how often the SuperNode looks for the ClientApp's reply (default {DEFAULT_REPLY_POLL_S:g} s; "
+                        "0.5 is Flower's own, hard-coded: see launch/supernode_main.py)")
     p.add_argument("--allow-suite", action="append", default=[], metavar="SPEC",
                    help="also run this suite when a run config names it ('module:function' or "
                         "'file.py:function'; repeatable). Without it only built-in suites and suites "
@@ -115,6 +119,8 @@ def check(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict]:
         parse_hostport(args.coordinator)
     except ValueError as exc:
         raise ValueError(f"--coordinator: {exc}") from None
+    if not 0.001 <= args.reply_poll <= 0.5:
+        raise ValueError(f"--reply-poll {args.reply_poll:g}: must be between 0.001 and 0.5 seconds (0.5 is Flower's own)")
     try:
         manifest, tasks = read_client_dir(args.data)
     except ClientDataError as exc:
@@ -273,7 +279,8 @@ def run(args: argparse.Namespace) -> int:
         superlink=args.coordinator, data_dir=args.data, name=name, work_dir=work_dir,
         private_key=None if args.insecure else args.key, root_certificates=args.ca, insecure=args.insecure,
         max_wait_s=args.max_wait, runtime_port=args.runtime_port, executor=args.executor,
-        task_poll_s=_task_poll(args), env=validated_env(args.data, fingerprint), allow_suites=tuple(args.allow_suite),
+        task_poll_s=_task_poll(args), reply_poll_s=args.reply_poll, env=validated_env(args.data, fingerprint),
+        allow_suites=tuple(args.allow_suite),
         trusted_entities=args.trusted_entities, app_hashes=tuple(app_hashes),
     ))
     restore_signals = install_stop_handlers()  # SIGTERM and SIGINT stop the client like Ctrl-C
