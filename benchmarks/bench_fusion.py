@@ -74,6 +74,7 @@ def _child(args: argparse.Namespace) -> dict:
 
     from strategies.fusion import ClientUpdate, GroupFusion, fuse_group_stacked
     from strategies.robust import make_reducer
+    from tasks.packing import pack, unpack
 
     p, k, agg, impl = args.p, args.k, args.aggregator, args.impl
     body_shapes, head_shapes = _shapes(p)
@@ -90,6 +91,9 @@ def _child(args: argparse.Namespace) -> dict:
         body = {n: v + 0.01 * torch.randn(v.shape, generator=gi) for n, v in ref_body.items()}
         heads = {t: {n: v + 0.01 * torch.randn(v.shape, generator=gi) for n, v in h.items()} for t, h in ref_heads.items()}
         examples = {t: int(100 + (i * 7919) % 4900) for t in TASKS}
+        if args.packed:  # as the coordinator receives them: views of one flat array per model part
+            body = unpack(*pack(body))
+            heads = {t: unpack(*pack(h)) for t, h in heads.items()}
         return ClientUpdate(i, body, heads, examples)
 
     base_np = {f"body.{n}": np.zeros(v.numel(), np.float32) for n, v in ref_body.items()}
@@ -185,7 +189,7 @@ def _child(args: argparse.Namespace) -> dict:
         "fuse_s": t_fuse, "numpy_s": t_np, "torch_s": t_torch,
         "fuse_gbps": data_gb / t_fuse if t_fuse else None, "numpy_gbps": data_gb / t_np, "torch_gbps": data_gb / t_torch,
         "ratio_numpy": t_fuse / t_np if t_fuse else None, "ratio_torch": t_fuse / t_torch if t_fuse else None,
-        "peak_mb": peak / 1e6, "update_mb": total * 4 / 1e6, "spilled": bool(spill), "warm": bool(args.warm),
+        "peak_mb": peak / 1e6, "update_mb": total * 4 / 1e6, "spilled": bool(spill), "warm": bool(args.warm), "packed": bool(args.packed),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -207,10 +211,13 @@ def _status_file(path: str, field: str) -> int:
     return 0
 
 
-def _run_one(p: int, k: int, agg: str, impl: str, spill: str | None, warm: bool = False) -> dict:
+def _run_one(p: int, k: int, agg: str, impl: str, spill: str | None, warm: bool = False,
+             packed: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--child", "--p", str(p), "--k", str(k), "--aggregator", agg, "--impl", impl]
     if warm:
         cmd += ["--warm"]
+    if packed:
+        cmd += ["--packed"]
     if spill:
         cmd += ["--spill", spill]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
@@ -267,6 +274,9 @@ def main() -> None:
     parser.add_argument("--spill", default=tempfile.gettempdir(), help="folder for robust reducers' spilled replies ('' = keep in RAM)")
     parser.add_argument("--warm", action="store_true",
                         help="time a process's second fusion (after an untimed one), as in a coordinator's later rounds")
+    parser.add_argument("--packed", action="store_true",
+                        help="updates as the coordinator receives them: each reply's body and heads unpacked from one "
+                             "flat array (tasks/packing.py), so a reply's tensors lie back to back in memory")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--p", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
@@ -287,7 +297,7 @@ def main() -> None:
             if k * p * 12 / 1e9 <= args.stacked_limit_gb:
                 plan += [("stacked", a) for a in STACKED if a in aggs]
             for impl, agg in plan:
-                row = _run_one(p, k, agg, impl, args.spill or None, args.warm)
+                row = _run_one(p, k, agg, impl, args.spill or None, args.warm, args.packed)
                 rows.append(row)
                 print(_table([row]).splitlines()[-1], flush=True)
     out = Path(args.out)

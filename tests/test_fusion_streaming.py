@@ -250,3 +250,40 @@ def test_many_small_chunks_give_the_same_result(monkeypatch):
     monkeypatch.setattr(streaming, "WORKING_BYTES", 1)
     for n, o in CASES:
         _assert_groups(_stream(updates, keys, "examples", n, o), whole[(n, str(o))])
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "examples"])
+def test_replies_as_received_packed_fold_in_one_pass_to_the_same_bits(weighting, monkeypatch):
+    """A reply arrives packed (one flat array per dtype, tasks/packing.py) and is unpacked into
+    views of it: the mean then folds the body's float32 tensors as one span. Same bits as the
+    same replies held as separate tensors, which fold segment by segment."""
+    from strategies.fusion import ordered_sum
+    from tasks.packing import pack, unpack
+
+    def as_received(u: ClientUpdate) -> ClientUpdate:
+        buffers, layout = pack(u.body)
+        return ClientUpdate(node_id=u.node_id, body=unpack(buffers, layout), heads=u.heads, examples=u.examples)
+
+    runs: list[int] = []
+    real = ordered_sum._adjacent_runs
+    monkeypatch.setattr(ordered_sum, "_adjacent_runs", lambda s: runs.append(len(out := real(s))) or out)
+    updates = _updates(9)
+    keys = list(range(len(updates)))
+    separate = _stream([_copied(u) for u in updates], keys, weighting, "mean", {})
+    assert max(runs) == 5  # separately allocated: one add per float tensor (5 in the body)
+    runs.clear()
+    packed = _stream([as_received(u) for u in updates], keys, weighting, "mean", {})
+    # conv.weight, conv.bias, norm.running_mean lie back to back in the packed float32 array: one
+    # run; the float16 tensor is converted (a copy) and so folds apart, then `scalar`
+    assert 3 in runs and 5 not in runs, runs
+    _assert_groups(packed, separate)
+    a, b = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    assert [(i, j) for i, j, _ in real([a, b])] == [(0, 1), (1, 2)]  # not adjacent: two runs
+    flat = np.arange(7, dtype=np.float32)
+    (run,) = real([flat[:3], flat[3:4], flat[4:]])
+    assert run[:2] == (0, 3) and np.array_equal(run[2], flat)
+
+
+def _copied(u: ClientUpdate) -> ClientUpdate:
+    return ClientUpdate(node_id=u.node_id, body={k: v.clone() for k, v in u.body.items()},
+                        heads={t: {k: v.clone() for k, v in h.items()} for t, h in u.heads.items()}, examples=u.examples)

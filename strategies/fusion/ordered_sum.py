@@ -21,6 +21,7 @@ torch's threads, so a coordinator with several cores folds a reply at memory spe
 
 from __future__ import annotations
 
+import ctypes
 import os
 import tempfile
 import warnings
@@ -36,7 +37,11 @@ class OrderedSum:
 
     def __init__(self, sizes: Sequence[int], spill_dir: str | os.PathLike | None = None, max_waiting: int = 4) -> None:
         self.sizes = [int(s) for s in sizes]
-        self.acc = [np.zeros(s, np.float32) for s in self.sizes]
+        # One accumulator, seen per segment: a term whose segments lie back to back in one buffer
+        # (a reply unpacked from its packed array, tasks/packing.py) folds in one pass over it.
+        self._offsets = [0, *np.cumsum(self.sizes).tolist()]
+        self._flat = np.zeros(self._offsets[-1], np.float32)
+        self.acc = [self._flat[a:b] for a, b in zip(self._offsets, self._offsets[1:])]
         self.weight = 0
         self.count = 0
         self.max_waiting = max_waiting
@@ -105,11 +110,12 @@ class OrderedSum:
     def _fold(self, key: Hashable) -> None:
         held, w = self._waiting.pop(key)
         segments = self._load(held)  # (a spilled term's file is removed here)
+        pairs = [(self._flat[self._offsets[i]:self._offsets[j]], run) for i, j, run in _adjacent_runs(segments)]
         if w == 1:
-            for acc, x in zip(self.acc, segments):
+            for acc, x in pairs:
                 _view(acc).add_(_view(x))  # one in-place pass, like a plain sum
         elif w:
-            for acc, x in zip(self.acc, segments):
+            for acc, x in pairs:
                 # multiply, round, then add (not a fused multiply-add: the same bits as numpy)
                 scaled = torch.mul(_view(x), float(np.float32(w)), out=_view(self._scratch(len(x))))
                 _view(acc).add_(scaled)
@@ -119,7 +125,7 @@ class OrderedSum:
     def _scratch(self, n: int) -> np.ndarray:
         """A reusable buffer for weighted terms (no allocation per term)."""
         if getattr(self, "_buf", None) is None or len(self._buf) < n:
-            self._buf = np.empty(max(self.sizes, default=0), np.float32)
+            self._buf = np.empty(n, np.float32)
         return self._buf[:n]
 
     def _drain(self) -> None:
@@ -150,6 +156,33 @@ class OrderedSum:
             if isinstance(held, Path):
                 held.unlink(missing_ok=True)
         self._waiting.clear()
+
+
+def _adjacent_runs(segments: Sequence[np.ndarray]) -> list[tuple[int, int, np.ndarray]]:
+    """The segments grouped into runs that lie back to back, in order, in memory (views of a
+    reply's packed array, tasks/packing.py, are one run; a segment that had to be converted
+    breaks it): (first index, end index, the run as one float32 array). A run's array is exactly
+    its segments' own bytes, valid for as long as they are; it is only read, within a fold."""
+    runs: list[tuple[int, int, np.ndarray]] = []
+    i = 0
+    while i < len(segments):
+        start = at = _address(segments[i])
+        j = i
+        while j < len(segments) and _address(segments[j]) == at and segments[j].dtype == np.float32 \
+                and segments[j].ndim == 1 and (len(segments[j]) <= 1 or segments[j].strides[0] == 4):
+            at += 4 * len(segments[j])
+            j += 1
+        if j - i >= 2:
+            runs.append((i, j, np.frombuffer((ctypes.c_char * (at - start)).from_address(start), dtype=np.float32)))
+        else:
+            j = i + 1
+            runs.append((i, j, segments[i]))
+        i = j
+    return runs
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
 
 
 def _view(a: np.ndarray) -> torch.Tensor:
