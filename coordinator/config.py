@@ -23,6 +23,7 @@ FUSIONS = ("uniform", "examples")
 AGGREGATORS = ("mean", "median", "trimmed-mean")
 AFFINITY_AVERAGES = ("mean", "window", "ema")
 OPTIMIZERS = ("sgd", "adamw")
+HEAD_INITS = ("independent", "shared")  # coordinator/groups.py: initial_model
 TRACKING_BACKENDS = ("tensorboard", "mlflow")  # coordinator/tracking.py implements them
 
 
@@ -55,6 +56,7 @@ class RunConfig:
     optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw" (pretrained transformers, lr ~1e-4)
     device: str = "auto"
     seed: int = 0
+    head_init: str = "shared"  # heads of the same shape start from the same weights ("independent": each its own)
     # fusion
     fusion: str = "uniform"
     aggregator: str = "mean"
@@ -150,6 +152,7 @@ class RunConfig:
         need(self.lr > 0, "lr", "must be > 0")
         need(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)")
         need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
+        need(self.head_init in HEAD_INITS, "head-init", f"must be one of {HEAD_INITS}")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device", "must be auto, cpu or cuda[:N]")
         need(0.0 <= self.trim_fraction < 0.5, "trim-fraction", "must be in [0, 0.5)")
         need(self.clip_norm >= 0, "clip-norm", "must be >= 0 (0 disables clipping)")

@@ -8,11 +8,28 @@ from tasks.models import split_state
 from tasks.suite import Suite
 
 
-def initial_model(suite: Suite, seed: int) -> tuple[dict, dict]:
-    """(body, heads) of a freshly initialised model with every task's head, deterministic in seed."""
+def initial_model(suite: Suite, seed: int, head_init: str = "shared") -> tuple[dict, dict]:
+    """(body, heads) of a freshly initialised model with every task's head, deterministic in seed.
+
+    `head_init="shared"`: every head starts as a copy of the first head of its shape (in task
+    order). Why: a task's body gradient goes through its head, so with independent random heads
+    two related tasks push the body in unrelated directions until their heads have learnt to
+    read the same features, and gradient affinity measured early (one task per client, before
+    a split) sees little. From the same head, related tasks' labels give aligned body gradients
+    from the first step, and independent ones uncorrelated gradients (docs/benchmarks.md,
+    "Grouping recovery").
+    """
     model = suite.build_model(seed=seed)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return split_state(state)
+    body, heads = split_state(state)
+    if head_init == "shared":
+        first: dict[tuple, dict] = {}
+        for task in suite.task_names:
+            shape = tuple((k, tuple(v.shape), v.dtype) for k, v in heads[task].items())
+            heads[task] = {k: v.clone() for k, v in first.setdefault(shape, heads[task]).items()}
+    elif head_init != "independent":
+        raise ValueError(f"head_init={head_init!r}: must be 'independent' or 'shared'")
+    return body, heads
 
 
 def split_groups(body: dict, heads: dict, grouping: list[list[str]], first_gid: int) -> list[TaskGroup]:

@@ -239,7 +239,7 @@ class Coordinator:
         return body_num_params(self.suite.build_model(self.tasks[:1], seed=self.cfg.seed))
 
     def _initial_groups(self) -> list[TaskGroup]:
-        body, heads = initial_model(self.suite, self.cfg.seed)
+        body, heads = initial_model(self.suite, self.cfg.seed, self.cfg.head_init)
         grouping = [[t] for t in self.tasks] if self.cfg.mode == "separate" else [list(self.tasks)]
         return split_groups(body, heads, grouping, first_gid=0)
 
