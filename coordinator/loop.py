@@ -143,7 +143,7 @@ class Coordinator:
             t0 = time.perf_counter()
             defer = self._defers(0)
             with _phase(outcome, "evaluate"):
-                self._evaluate(0, Outbox(self.cfg, 0), outcome, clients=not defer)
+                self._evaluate(0, Outbox(self.cfg, 0), outcome, evaluators=None if defer else self._evaluators(0))
             with _phase(outcome, "record"):
                 if not defer:
                     self.models.save(self.groups, 0, outcome.metrics, outcome.evaluated)
@@ -161,10 +161,16 @@ class Coordinator:
         t0 = time.perf_counter()
         outcome = RoundOutcome(round=r, groups=self.grouping())
         outbox = Outbox(self.cfg, r)
+        defer = evaluation.due(self.cfg, r) and self._defers(r)
         with _phase(outcome, "discovery"):
             online = self.exchange.node_ids()
             drawn = self.roster.draw(online, self.cfg.fraction, r)
-            pool = self.roster.pool(self.exchange, outbox, drawn, r, outcome)
+            # The clients that will evaluate are drawn now too, from the same roster, so the
+            # ones not met yet are asked what they hold in this one query exchange, not in a
+            # second one before evaluation (with sampling, a round's one extra round trip).
+            evaluators = self._evaluators(r, online) if evaluation.due(self.cfg, r) and not defer else []
+            met = self.roster.pool(self.exchange, outbox, sorted(set(drawn) | set(evaluators)), r, outcome)
+            pool = {n: met[n] for n in drawn if n in met}
             live = self.roster.live(online)
             if self.cfg.fraction < 1.0:
                 pool = with_coverage(self.groups, pool, live, self.cfg.seed, r, every_task=self.affinity.measuring(r))
@@ -179,10 +185,9 @@ class Coordinator:
             self._fuse(results, outcome)
         with _phase(outcome, "affinity"):
             self.affinity.update(r, results, outcome)
-        defer = evaluation.due(self.cfg, r) and self._defers(r)
         with _phase(outcome, "evaluate"):
             if evaluation.due(self.cfg, r):  # the groups as trained this round, before regrouping
-                self._evaluate(r, outbox, outcome, clients=not defer)
+                self._evaluate(r, outbox, outcome, evaluators=None if defer else evaluators)
         with _phase(outcome, "record"):  # the models as evaluated: what the round's metrics describe
             if not defer:
                 self.models.save(self.groups, r, outcome.metrics, outcome.evaluated)
@@ -226,7 +231,7 @@ class Coordinator:
         else:
             o.events.append(f"a group was not scored with round {r}'s training: evaluated by evaluate messages")
             with _phase(o, "evaluate"):  # on clients only: the held-out folder was scored already
-                self._evaluate_on_clients(o.round, Outbox(self.cfg, o.round), o)
+                self._evaluate_on_clients(o.round, Outbox(self.cfg, o.round), o, self._evaluators(o.round))
         with _phase(o, "record"):
             self.models.save(held.groups, o.round, o.metrics, o.evaluated)
         self._record(o, held.at_end)
@@ -289,18 +294,24 @@ class Coordinator:
             "groups": per_group,
         }
 
-    def _evaluate(self, r: int, outbox: Outbox, outcome: RoundOutcome, clients: bool = True) -> None:
-        """The groups on clients' test splits (unless `clients` is False: the next round's train
-        messages score them) and on the operator's held-out folder, if any."""
-        if clients:
-            self._evaluate_on_clients(r, outbox, outcome)
+    def _evaluators(self, r: int, online: list[int] | None = None) -> list[int]:
+        """The nodes drawn to evaluate round r (`fraction-evaluate` of the connected ones)."""
+        online = self.exchange.node_ids() if online is None else online
+        return self.roster.draw(online, self.cfg.fraction_evaluate, r, salt="evaluate/")
+
+    def _evaluate(self, r: int, outbox: Outbox, outcome: RoundOutcome, evaluators: list[int] | None) -> None:
+        """The groups on the test splits of `evaluators` (None: on no client, the next round's
+        train messages score them) and on the operator's held-out folder, if any."""
+        if evaluators is not None:
+            self._evaluate_on_clients(r, outbox, outcome, evaluators)
         if self.cfg.evaluate_data:
             outcome.held_out = evaluation.evaluate_held_out(self.groups, self.suite, self.cfg)
 
-    def _evaluate_on_clients(self, r: int, outbox: Outbox, outcome: RoundOutcome) -> None:
-        online = self.exchange.node_ids()
-        drawn = self.roster.draw(online, self.cfg.fraction_evaluate, r, salt="evaluate/")
-        pool = self.roster.pool(self.exchange, outbox, drawn, r, outcome)
+    def _evaluate_on_clients(self, r: int, outbox: Outbox, outcome: RoundOutcome, drawn: list[int]) -> None:
+        """`drawn`: the round's evaluators, drawn (and met) in its discovery step; the ones still
+        online evaluate (a node not met yet, e.g. one whose query failed, is asked again)."""
+        online = set(self.exchange.node_ids())
+        pool = self.roster.pool(self.exchange, outbox, [n for n in drawn if n in online], r, outcome)
         outcome.metrics = evaluation.evaluate(self.exchange, outbox, self.groups, pool, self.roster, self.cfg,
                                               self.tasks, outcome)
         outcome.evaluated = True

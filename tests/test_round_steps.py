@@ -112,6 +112,13 @@ def test_a_round_costs_what_it_samples_not_the_federation(tmp_path):
     for r in history.rounds[1:]:
         assert 1 <= len(r["clients"]) <= per_draw + 1  # +1: a group no drawn client could train
     assert sent.count("evaluate") <= (rounds + 1) * per_draw
+    # One query exchange a round: the round's evaluators are drawn and met with its trainers,
+    # so no query goes out between a round's training and its evaluation.
+    runs = [t for i, t in enumerate(sent) if i == 0 or sent[i - 1] != t]
+    after_start = runs[runs.index("train"):]
+    assert all(not (a == "train" and b == "query" and c == "evaluate")
+               for a, b, c in zip(after_start, after_start[1:], after_start[2:])), runs
+    assert after_start.count("query") <= rounds - 1, runs
 
 
 # ----------------------------------------------------------------------------- outputs
