@@ -168,8 +168,8 @@ class Coordinator:
             # The clients that will evaluate are drawn now too, from the same roster, so the
             # ones not met yet are asked what they hold in this one query exchange, not in a
             # second one before evaluation (with sampling, a round's one extra round trip).
-            evaluators = self._evaluators(r, online) if evaluation.due(self.cfg, r) and not defer else []
-            met = self.roster.pool(self.exchange, outbox, sorted(set(drawn) | set(evaluators)), r, outcome)
+            evaluators = self._evaluators(r, online) if evaluation.due(self.cfg, r) and not defer else None
+            met = self.roster.pool(self.exchange, outbox, sorted(set(drawn) | set(evaluators or ())), r, outcome)
             pool = {n: met[n] for n in drawn if n in met}
             live = self.roster.live(online)
             if self.cfg.fraction < 1.0:
@@ -187,7 +187,7 @@ class Coordinator:
             self.affinity.update(r, results, outcome)
         with _phase(outcome, "evaluate"):
             if evaluation.due(self.cfg, r):  # the groups as trained this round, before regrouping
-                self._evaluate(r, outbox, outcome, evaluators=None if defer else evaluators)
+                self._evaluate(r, outbox, outcome, evaluators)
         with _phase(outcome, "record"):  # the models as evaluated: what the round's metrics describe
             if not defer:
                 self.models.save(self.groups, r, outcome.metrics, outcome.evaluated)
@@ -308,8 +308,9 @@ class Coordinator:
             outcome.held_out = evaluation.evaluate_held_out(self.groups, self.suite, self.cfg)
 
     def _evaluate_on_clients(self, r: int, outbox: Outbox, outcome: RoundOutcome, drawn: list[int]) -> None:
-        """`drawn`: the round's evaluators, drawn (and met) in its discovery step; the ones still
-        online evaluate (a node not met yet, e.g. one whose query failed, is asked again)."""
+        """`drawn`: the round's evaluators (drawn, and the new ones met, in its discovery step); the
+        ones still online and known evaluate. A node whose query failed is in the Roster's backoff
+        and is not asked again this round."""
         online = set(self.exchange.node_ids())
         pool = self.roster.pool(self.exchange, outbox, [n for n in drawn if n in online], r, outcome)
         outcome.metrics = evaluation.evaluate(self.exchange, outbox, self.groups, pool, self.roster, self.cfg,

@@ -38,7 +38,7 @@ from launch.flwr_cli import strip_ansi
 from launch.pinned_clientapp import pinned_env, write_shim
 from launch.processes import ENV_TAG, ProcessFamily, free_port, spawn_reaper
 from launch.superlink import child_env, flower_bin_dir
-from launch.supernode_main import DEFAULT_REPLY_POLL_S
+from launch.supernode_main import DEFAULT_REPLY_POLL_S, REPLY_POLL_RANGE_S
 
 __all__ = [
     "EXECUTORS",
@@ -215,8 +215,10 @@ class SuperNodeConfig:
             raise ValueError("executor='fork' needs os.fork (Linux, macOS): use executor='flower' here")
         if self.task_poll_s is not None and not 0.01 <= self.task_poll_s <= 60:
             raise ValueError(f"task_poll_s={self.task_poll_s}: must be between 0.01 and 60 seconds (Flower's range)")
-        if self.reply_poll_s is not None and not 0.001 <= self.reply_poll_s <= 0.5:
-            raise ValueError(f"reply_poll_s={self.reply_poll_s}: must be between 0.001 and 0.5 seconds (Flower's own)")
+        low, high = REPLY_POLL_RANGE_S
+        if self.reply_poll_s is not None and not low <= self.reply_poll_s <= high:
+            raise ValueError(f"reply_poll_s={self.reply_poll_s}: must be between {low:g} and {high:g} seconds "
+                             "(Flower's own)")
         if self.insecure and self.private_key is not None:
             raise ValueError("client authentication needs TLS: do not combine --insecure with --key")
         if not self.insecure and self.private_key is None:

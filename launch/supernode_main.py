@@ -37,6 +37,8 @@ from pathlib import Path
 #: The sleep this script shortens: Flower's reply and reply-object waits (and no other sleep).
 FLOWER_REPLY_SLEEP_S = 0.5
 DEFAULT_REPLY_POLL_S = 0.02
+#: The reply polls accepted (seconds): never longer than Flower's own.
+REPLY_POLL_RANGE_S = (0.001, FLOWER_REPLY_SLEEP_S)
 
 
 def _short_reply_time(reply_poll_s: float) -> types.ModuleType:
@@ -73,8 +75,9 @@ def main(argv: list[str]) -> int:
     reply_poll_s = DEFAULT_REPLY_POLL_S
     if argv[:1] == ["--reply-poll"]:
         reply_poll_s, argv = float(argv[1]), argv[2:]
-    if not 0.001 <= reply_poll_s <= FLOWER_REPLY_SLEEP_S:
-        print(f"supernode_main: --reply-poll {reply_poll_s}: must be between 0.001 and 0.5 s", file=sys.stderr)
+    low, high = REPLY_POLL_RANGE_S
+    if not low <= reply_poll_s <= high:
+        print(f"supernode_main: --reply-poll {reply_poll_s}: must be between {low:g} and {high:g} s", file=sys.stderr)
         return 2
     why_not = shorten_reply_poll(reply_poll_s)
     if why_not is not None:

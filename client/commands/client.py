@@ -33,7 +33,7 @@ from launch.supernode import (
     SuperNodeProcess,
     classify_supernode_output,
 )
-from launch.supernode_main import DEFAULT_REPLY_POLL_S
+from launch.supernode_main import DEFAULT_REPLY_POLL_S, REPLY_POLL_RANGE_S
 
 #: SuperNode lines that tell nothing on a console (shown with --verbose only).
 _NOISE = tuple(re.compile(p) for p in (
@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "'flower', whose own default is 1 s)")
     p.add_argument("--reply-poll", type=float, default=DEFAULT_REPLY_POLL_S, metavar="S",
                    help=f"how often the SuperNode looks for the ClientApp's reply (default {DEFAULT_REPLY_POLL_S:g} s; "
-                        "0.5 is Flower's own, hard-coded: see launch/supernode_main.py)")
+                        "Flower's own SuperNode always waits 0.5 s: pass 0.5 to keep that)")
     p.add_argument("--allow-suite", action="append", default=[], metavar="SPEC",
                    help="also run this suite when a run config names it ('module:function' or "
                         "'file.py:function'; repeatable). Without it only built-in suites and suites "
@@ -119,8 +119,10 @@ def check(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict]:
         parse_hostport(args.coordinator)
     except ValueError as exc:
         raise ValueError(f"--coordinator: {exc}") from None
-    if not 0.001 <= args.reply_poll <= 0.5:
-        raise ValueError(f"--reply-poll {args.reply_poll:g}: must be between 0.001 and 0.5 seconds (0.5 is Flower's own)")
+    low, high = REPLY_POLL_RANGE_S
+    if not low <= args.reply_poll <= high:
+        raise ValueError(f"--reply-poll {args.reply_poll:g}: must be between {low:g} and {high:g} seconds "
+                         f"({high:g} is Flower's own)")
     try:
         manifest, tasks = read_client_dir(args.data)
     except ClientDataError as exc:
