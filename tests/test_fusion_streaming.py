@@ -257,7 +257,7 @@ def test_replies_as_received_packed_fold_in_one_pass_to_the_same_bits(weighting,
     """A reply arrives packed (one flat array per dtype, tasks/packing.py) and is unpacked into
     views of it: the mean then folds the body's float32 tensors as one span. Same bits as the
     same replies held as separate tensors, which fold segment by segment."""
-    from strategies.fusion import ordered_sum
+    from strategies.fusion import ordered_sum, streaming
     from tasks.packing import pack, unpack
 
     def as_received(u: ClientUpdate) -> ClientUpdate:
@@ -265,23 +265,36 @@ def test_replies_as_received_packed_fold_in_one_pass_to_the_same_bits(weighting,
         return ClientUpdate(node_id=u.node_id, body=unpack(buffers, layout), heads=u.heads, examples=u.examples)
 
     runs: list[int] = []
-    real = ordered_sum._adjacent_runs
-    monkeypatch.setattr(ordered_sum, "_adjacent_runs", lambda s: runs.append(len(out := real(s))) or out)
+    real = ordered_sum.float32_runs
+    monkeypatch.setattr(streaming, "float32_runs", lambda ts: runs.append(len(out := real(ts))) or out)
     updates = _updates(9)
     keys = list(range(len(updates)))
     separate = _stream([_copied(u) for u in updates], keys, weighting, "mean", {})
-    assert max(runs) == 5  # separately allocated: one add per float tensor (5 in the body)
+    assert max(runs) == 5  # separately allocated: one piece per float tensor (5 in the body)
     runs.clear()
     packed = _stream([as_received(u) for u in updates], keys, weighting, "mean", {})
     # conv.weight, conv.bias, norm.running_mean lie back to back in the packed float32 array: one
     # run; the float16 tensor is converted (a copy) and so folds apart, then `scalar`
     assert 3 in runs and 5 not in runs, runs
     _assert_groups(packed, separate)
-    a, b = np.zeros(3, np.float32), np.zeros(3, np.float32)
-    assert [(i, j) for i, j, _ in real([a, b])] == [(0, 1), (1, 2)]  # not adjacent: two runs
-    flat = np.arange(7, dtype=np.float32)
-    (run,) = real([flat[:3], flat[3:4], flat[4:]])
-    assert run[:2] == (0, 3) and np.array_equal(run[2], flat)
+
+
+def test_float32_runs_join_only_what_lies_back_to_back():
+    from strategies.fusion.ordered_sum import float32_runs
+
+    a, b = torch.zeros(3), torch.zeros(3)
+    assert [len(x) for x in float32_runs([a, b])] == [3, 3]  # separately allocated: two pieces
+    flat = torch.arange(9, dtype=torch.float32)
+    parts = [flat[:3], flat[3:4], flat[4:4], flat[4:7].reshape(3, 1), flat[7:8].to(torch.float64), flat[8:]]
+    pieces = float32_runs(parts)
+    assert [len(x) for x in pieces] == [7, 1, 1]  # the float64 tensor is converted and breaks the run
+    assert np.array_equal(np.concatenate(pieces), np.arange(9, dtype=np.float32))
+    assert not np.shares_memory(pieces[1], flat.numpy()) and np.shares_memory(pieces[0], flat.numpy())
+    del flat, parts
+    assert pieces[0][6] == 6  # the joined run keeps its tensors' memory alive
+    assert [len(x) for x in float32_runs([torch.zeros(0), torch.zeros(0)])] == [0]
+    with pytest.raises(ValueError, match="layout"):
+        OrderedSum([4, 4]).add("k", [np.zeros(3, np.float32), np.zeros(5, np.float32)], 1)  # not at a boundary
 
 
 def _copied(u: ClientUpdate) -> ClientUpdate:

@@ -32,6 +32,9 @@ import numpy as np
 import torch
 
 
+SCALE_CHUNK = 1 << 18  # floats (1 MB) scaled at a time for a weighted term: fits in a core's cache
+
+
 class OrderedSum:
     """sum_i w_i * x_i over float32 vectors given as per-tensor segments (layout `sizes`)."""
 
@@ -42,6 +45,7 @@ class OrderedSum:
         self._offsets = [0, *np.cumsum(self.sizes).tolist()]
         self._flat = np.zeros(self._offsets[-1], np.float32)
         self.acc = [self._flat[a:b] for a, b in zip(self._offsets, self._offsets[1:])]
+        self._bounds = set(self._offsets)
         self.weight = 0
         self.count = 0
         self.max_waiting = max_waiting
@@ -72,21 +76,33 @@ class OrderedSum:
 
     # -- terms -----------------------------------------------------------------------------------
 
-    def add(self, key: Hashable, segments: Sequence[np.ndarray], weight: int) -> None:
-        """Fold (or, if terms before it are still out, hold) one term. The segments are read,
-        never written; the caller must not change them afterwards."""
+    def add(self, key: Hashable, pieces: Sequence[np.ndarray], weight: int) -> None:
+        """Fold (or, if terms before it are still out, hold) one term, given as float32 pieces
+        that cover the layout in order, each one or more whole segments (`float32_runs` joins
+        the segments that lie back to back in memory). The pieces are read, never written; the
+        caller must not change them afterwards."""
         if key in self._added:
             raise ValueError(f"a term with key {key!r} was already added")
         if key in self._done:
             raise ValueError(f"term {key!r} was skipped; it cannot be added")
-        if [len(s) for s in segments] != self.sizes:
-            raise ValueError("term does not match the sum's layout")
+        self._check_pieces(pieces)
         self._added.add(key)
         self.count += 1
-        self._waiting[key] = (list(segments), int(weight))
+        self._waiting[key] = (list(pieces), int(weight))
         self._drain()
         if key in self._waiting:  # early: it waits for the terms before it
             self._hold(key)
+
+    def _check_pieces(self, pieces: Sequence[np.ndarray]) -> None:
+        at = 0
+        for x in pieces:
+            at += len(x)
+            if at not in self._bounds or x.dtype != np.float32 or x.ndim != 1:
+                break
+        else:
+            if at == self._offsets[-1]:
+                return
+        raise ValueError("term does not match the sum's layout")
 
     def _hold(self, key: Hashable) -> None:
         in_ram = sum(isinstance(v, list) for v, _ in self._waiting.values())
@@ -96,8 +112,8 @@ class OrderedSum:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="waiting-", suffix=".f32", dir=self.spill_dir)
         with os.fdopen(fd, "wb") as f:
-            for s in segments:  # type: ignore[union-attr]
-                f.write(memoryview(np.ascontiguousarray(s, dtype=np.float32)))
+            for x in segments:  # type: ignore[union-attr]
+                f.write(memoryview(np.ascontiguousarray(x, dtype=np.float32)))
         self._waiting[key] = (Path(name), w)
 
     def _load(self, held: object) -> list[np.ndarray]:
@@ -105,20 +121,25 @@ class OrderedSum:
             return held
         flat = np.fromfile(held, dtype=np.float32)  # type: ignore[arg-type]
         Path(held).unlink(missing_ok=True)  # type: ignore[arg-type]
-        return np.split(flat, np.cumsum(self.sizes)[:-1])
+        return [flat]
 
     def _fold(self, key: Hashable) -> None:
         held, w = self._waiting.pop(key)
-        segments = self._load(held)  # (a spilled term's file is removed here)
-        pairs = [(self._flat[self._offsets[i]:self._offsets[j]], run) for i, j, run in _adjacent_runs(segments)]
-        if w == 1:
-            for acc, x in pairs:
+        pieces = self._load(held)  # (a spilled term's file is removed here)
+        at = 0
+        for x in pieces:
+            acc = self._flat[at:at + len(x)]
+            at += len(x)
+            if w == 1:
                 _view(acc).add_(_view(x))  # one in-place pass, like a plain sum
-        elif w:
-            for acc, x in pairs:
-                # multiply, round, then add (not a fused multiply-add: the same bits as numpy)
-                scaled = torch.mul(_view(x), float(np.float32(w)), out=_view(self._scratch(len(x))))
-                _view(acc).add_(scaled)
+            elif w:
+                # multiply, round, then add (not a fused multiply-add: the same bits as numpy), a
+                # cache-sized chunk at a time so the scaled chunk is read back from cache
+                scale = float(np.float32(w))
+                for a in range(0, len(x), SCALE_CHUNK):
+                    part = _view(x[a:a + SCALE_CHUNK])
+                    scaled = torch.mul(part, scale, out=_view(self._scratch(len(part))))
+                    _view(acc[a:a + SCALE_CHUNK]).add_(scaled)
         self.weight += w
         self._done.add(key)
 
@@ -158,31 +179,53 @@ class OrderedSum:
         self._waiting.clear()
 
 
-def _adjacent_runs(segments: Sequence[np.ndarray]) -> list[tuple[int, int, np.ndarray]]:
-    """The segments grouped into runs that lie back to back, in order, in memory (views of a
-    reply's packed array, tasks/packing.py, are one run; a segment that had to be converted
-    breaks it): (first index, end index, the run as one float32 array). A run's array is exactly
-    its segments' own bytes, valid for as long as they are; it is only read, within a fold."""
-    runs: list[tuple[int, int, np.ndarray]] = []
-    i = 0
-    while i < len(segments):
-        start = at = _address(segments[i])
-        j = i
-        while j < len(segments) and _address(segments[j]) == at and segments[j].dtype == np.float32 \
-                and segments[j].ndim == 1 and (len(segments[j]) <= 1 or segments[j].strides[0] == 4):
-            at += 4 * len(segments[j])
-            j += 1
-        if j - i >= 2:
-            runs.append((i, j, np.frombuffer((ctypes.c_char * (at - start)).from_address(start), dtype=np.float32)))
-        else:
-            j = i + 1
-            runs.append((i, j, segments[i]))
-        i = j
-    return runs
+def float32_runs(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """The tensors as flat float32 arrays, in order, with those that lie back to back in memory
+    joined into one array: a reply unpacked from its packed array (tasks/packing.py) is one, so
+    it folds in one pass and with a few Python calls, not a dozen per tensor. A tensor that is
+    not a contiguous float32 CPU tensor is converted (a copy) and breaks the run. Each array
+    keeps its tensors alive and shares their memory; it is only ever read."""
+    pieces: list[np.ndarray] = []
+    run: list[torch.Tensor] = []
+    start = end = 0
+
+    def close() -> None:
+        if len(run) == 1:
+            pieces.append(_flat32(run[0]))
+        elif run and end == start:
+            pieces.append(np.empty(0, np.float32))
+        elif run:
+            buf = (ctypes.c_char * (end - start)).from_address(start)
+            buf._owners = tuple(run)  # type: ignore[attr-defined]  # the memory lives while the array does
+            pieces.append(np.frombuffer(buf, dtype=np.float32))
+        run.clear()
+
+    for t in tensors:
+        n = t.numel()
+        if not (t.is_cpu and t.dtype is torch.float32 and t.is_contiguous()):
+            close()
+            pieces.append(_flat32(t))
+            continue
+        if n == 0 and run:
+            run.append(t)  # adds nothing to the span
+            continue
+        at = t.data_ptr()
+        if not run or at != end:
+            close()
+            start = at
+        run.append(t)
+        end = at + 4 * n
+    close()
+    return pieces
 
 
-def _address(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
+def _flat32(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.dtype != torch.float32:
+        t = t.to(torch.float32)
+    return t.reshape(-1).contiguous().numpy()
 
 
 def _view(a: np.ndarray) -> torch.Tensor:

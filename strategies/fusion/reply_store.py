@@ -39,7 +39,8 @@ class ReplyStore:
         return self._file is not None
 
     def append(self, segments: Sequence[np.ndarray]) -> int:
-        """Store one reply given as float32 segments in layout order; returns its row number."""
+        """Store one reply given as float32 pieces covering the layout in order (segments, or runs
+        of them: `float32_runs`); returns its row number."""
         if sum(len(s) for s in segments) != self.n:
             raise ValueError("reply does not match the store's layout")
         if self._file is not None:

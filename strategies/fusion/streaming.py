@@ -38,7 +38,7 @@ from strategies.fusion.chunked import (
     trimmed_mean_chunk,
 )
 from strategies.fusion.clipping import clip_parts
-from strategies.fusion.ordered_sum import OrderedSum
+from strategies.fusion.ordered_sum import OrderedSum, float32_runs
 from strategies.fusion.reply_store import ReplyStore
 from strategies.fusion.stacked import (
     check_weighting,
@@ -52,15 +52,6 @@ AGGREGATORS = ("mean", "median", "trimmed-mean")
 WORKING_BYTES = 64 << 20  # robust reducers' working memory per chunk
 
 _SUMMED = (torch.float32, torch.float16, torch.bfloat16)  # exactly representable in float32
-
-
-def _flat32(t: torch.Tensor) -> np.ndarray:
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    if t.dtype != torch.float32:
-        t = t.to(torch.float32)
-    return t.reshape(-1).contiguous().numpy()
 
 
 class StreamFusion:
@@ -116,14 +107,15 @@ class StreamFusion:
 
     def _check(self, state: State) -> None:
         assert self._layout is not None
-        if set(state) != set(self._layout):
+        if state.keys() != self._layout.keys():
             diff = sorted(set(state) ^ set(self._layout))
             raise ValueError(f"state keys differ from the group's layout: {diff[:5]}")
         for k, (dtype, shape) in self._layout.items():
             v = state[k]
             if v.shape != shape:
                 raise ValueError(f"{k}: shape {tuple(v.shape)} differs from {tuple(shape)}")
-            if (v.dtype in _SUMMED) != (dtype in _SUMMED) or v.is_floating_point() != dtype.is_floating_point:
+            if v.dtype is not dtype and ((v.dtype in _SUMMED) != (dtype in _SUMMED)
+                                         or v.is_floating_point() != dtype.is_floating_point):
                 raise ValueError(f"{k}: dtype {v.dtype} does not fuse with {dtype}")
 
     # ------------------------------------------------------------------ folding
@@ -158,7 +150,7 @@ class StreamFusion:
             self._ints = (key, {k: state[k].detach().clone() for k in self._int_keys})
         if self._held_keys:
             self._held.append((key, weight, {k: state[k].detach() for k in self._held_keys}))
-        segments = [_flat32(state[k]) for k in self._summed]
+        segments = float32_runs([state[k] for k in self._summed])
         if self._sum is not None:
             self._sum.add(key, segments, weight)
             if self._uniform is not None:
