@@ -191,7 +191,7 @@ def float32_runs(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
 
     def close() -> None:
         if len(run) == 1:
-            pieces.append(_flat32(run[0]))
+            pieces.append(run[0].detach().numpy().reshape(-1))  # a contiguous float32 CPU tensor: a view
         elif run and end == start:
             pieces.append(np.empty(0, np.float32))
         elif run:
