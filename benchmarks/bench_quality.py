@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/bench_quality.py [--quick] [--suites default,planted[,text]] [--seeds 0,1,2]
-         [--modes separate,all-in-one,mas2,mas3,dynamic] [--rounds R] [--clients N]
+         [--modes separate,one-by-one,all-in-one,mas2,mas3,dynamic] [--rounds R] [--clients N]
          [--capacity 1] [--target ACC] [--set KEY=VALUE ...] [--out DIR] [--reuse [REPORT ...]]
 
 For every suite, mode and seed it runs one federation on the real round loop in this process
@@ -18,13 +18,16 @@ fit) and reports, over seeds (mean ± sample std):
   (the smallest total any mode spent), and the client compute each mode needs to first reach a
   target accuracy (default: the lowest final mean accuracy of any mode, so every mode can);
 * the published anchors side by side: MAS's "2x less training time than one-by-one" (compute
-  to the target, `separate` over `mas`) and "lower loss than all-in-one"; TAG's "10% lower loss
-  than all tasks together";
+  to the target, `one-by-one` over `mas`; `separate` where one-by-one was not run) and "lower
+  loss than all-in-one"; TAG's "10% lower loss than all tasks together";
 * why a grouping mode wins or loses: per-task training received (task-batches per task) and
   the accuracy step at the split.
 
-Modes: `separate`, `all-in-one`, `mas2`/`mas3` (mas with max-groups 2 / 3), `dynamic`
-(max-groups 3). A plot per suite (mean accuracy against cumulative client compute, one curve
+Modes: `separate`, `one-by-one`, `all-in-one`, `mas2`/`mas3` (mas with max-groups 2 / 3),
+`dynamic` (max-groups 3). `separate` runs at the benchmark's client capacity (1 by default: a
+client trains one of its single-task models a round, so it is the cheapest mode); `one-by-one`
+is MAS's baseline, every task's own model trained by each of its holders every round
+(`separate` with a capacity no client reaches). A plot per suite (mean accuracy against cumulative client compute, one curve
 per mode; and against rounds) goes beside the JSON. Full size takes about an hour on 2 cores;
 `--quick` (planted suite, 2 seeds, 5 rounds) a couple of minutes. `--reuse [REPORT ...]` keeps the runs
 earlier reports (default: `--out`'s) made with the same federation and runs only the missing modes and
@@ -48,6 +51,7 @@ from tasks.registry import builtin_data_root, load_suite
 
 MODES: dict[str, dict[str, Any]] = {
     "separate": {"mode": "separate"},
+    "one-by-one": {"mode": "separate", "client-capacity": 1024},  # every single-task model, every round
     "all-in-one": {"mode": "all-in-one"},
     "mas2": {"mode": "mas", "max-groups": 2},
     "mas3": {"mode": "mas", "max-groups": 3},
@@ -88,20 +92,40 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "data-root"}
 
 
+def effective_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Every run-config key as the round loop will see it, defaults included (not the data
+    folder or the output path): what decides whether an earlier run is the same federation
+    even after a default changed (e.g. `head-init`)."""
+    from coordinator.config import RunConfig  # noqa: PLC0415
+
+    full = {k: v for k, v in RunConfig.from_dict(dict(config)).to_dict().items() if k not in ("data-root", "out")}
+    return json.loads(json.dumps(full, default=str))  # as a report stores it (tuples become lists)
+
+
 def reusable_runs(previous: list[dict[str, Any]], suite: str, clients: int,
                   base: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
     """Runs of earlier reports (`--reuse`) made with exactly this suite's federation.
 
-    A run is reused only where the clients and every run-config key but the data path are the
-    same, so adding seeds or modes to a long benchmark (the text suite's runs take minutes
-    each) never mixes federations; each reused run keeps the commit and date it was made at.
-    Where several reports hold the same mode and seed, the first one's run is kept."""
+    A run is reused only where the clients and the whole effective run config (every key,
+    defaults included, but the data path) are the same, so adding seeds or modes to a long
+    benchmark (the text suite's runs take minutes each) never mixes federations, even across
+    a change of a default; each reused run keeps the commit and date it was made at. Reports
+    older than the effective config in them are matched on their explicit keys, with a
+    warning: a default may have changed since they ran. Where several reports hold the same
+    mode and seed, the first one's run is kept."""
     found: dict[tuple[str, int], dict[str, Any]] = {}
     for report in previous:
         raw = report.get("raw", {}).get(suite)
         if not raw or raw.get("clients") != clients or _comparable(raw.get("config", {})) != _comparable(base):
             continue
         made = {"commit": report.get("versions", {}).get("fedmtl_commit"), "date": report.get("date")}
+        if "effective" in raw:
+            if raw["effective"] != effective_config(base):
+                continue
+        else:
+            print(f"  {suite}: reusing runs made at {made['commit']} by their explicit run-config keys only "
+                  "(the report predates the effective config): defaults that changed since are not checked",
+                  flush=True)
         for mode, mode_runs in raw.get("runs", {}).items():
             for run in mode_runs:
                 found.setdefault((mode, int(run["seed"])), {"made": made} | run)
@@ -133,7 +157,7 @@ def run_suite(suite: str, args: argparse.Namespace, work: Path,
                   f"{final['total_loss']:.3f}, client compute {final['compute']:.1f}s "
                   f"(affinity {final['affinity_seconds']:.1f}s), wall {result.wall:.0f}s, groups {result.final_groups}",
                   flush=True)
-    return {"suite": suite, "clients": clients, "config": base, "runs": runs}
+    return {"suite": suite, "clients": clients, "config": base, "effective": effective_config(base), "runs": runs}
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -225,15 +249,22 @@ def _groups_text(groups: list[list[str]]) -> str:
     return " / ".join(",".join(g) for g in groups) if len(groups) <= 4 else f"{len(groups)} groups"
 
 
+def _baseline(summary: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """MAS's "one-by-one" baseline: the `one-by-one` mode where it ran, else `separate`."""
+    name = "one-by-one" if "one-by-one" in summary else "separate"
+    return name, summary.get(name)
+
+
 def anchor_verdicts(suite: str, summary: dict[str, Any]) -> list[list[str]]:
     """The anchors as [target, result, verdict] rows for the report's first page."""
-    aio, sep = summary.get("all-in-one"), summary.get("separate")
+    aio = summary.get("all-in-one")
+    base_name, base = _baseline(summary)
     mas = {m: summary[m] for m in ("mas2", "mas3") if m in summary}
     rows = []
-    if sep and mas:
-        ratios = {m: sep["to_target"][0][0] / s["to_target"][0][0] for m, s in mas.items() if s["to_target"][0][0] > 0}
+    if base and mas:
+        ratios = {m: base["to_target"][0][0] / s["to_target"][0][0] for m, s in mas.items() if s["to_target"][0][0] > 0}
         text = ", ".join(f"{m} {v:.2f}x" for m, v in ratios.items()) or "not reached"
-        rows.append([f"{suite}: MAS needs 2x less client compute than separate to reach the lower target", text,
+        rows.append([f"{suite}: MAS needs 2x less client compute than {base_name} to reach the lower target", text,
                      "met" if any(v >= 2 for v in ratios.values()) else "not met"])
     if aio:
         for label, bound in (("MAS: lower total loss than all-in-one", 0.0), ("TAG: 10% lower total loss than all-in-one", -10.0)):
@@ -247,22 +278,22 @@ def anchor_verdicts(suite: str, summary: dict[str, Any]) -> list[list[str]]:
 def anchor_table(suite: str, summary: dict[str, Any]) -> dict[str, Any]:
     rows = []
     aio = summary.get("all-in-one")
-    sep = summary.get("separate")
+    base_name, base = _baseline(summary)
     for m in ("mas2", "mas3", "dynamic"):
         if m not in summary:
             continue
         s = summary[m]
-        time_ratio = sep["to_target"][0][0] / s["to_target"][0][0] if sep and s["to_target"][0][0] > 0 else float("nan")
-        total_ratio = sep["compute"][0] / s["compute"][0] if sep else float("nan")
+        time_ratio = base["to_target"][0][0] / s["to_target"][0][0] if base and s["to_target"][0][0] > 0 else float("nan")
+        total_ratio = base["compute"][0] / s["compute"][0] if base else float("nan")
         loss_vs = (s["loss"][0] / aio["loss"][0] - 1) * 100 if aio else float("nan")
         acc_vs = s["acc"][0] - aio["acc"][0] if aio else float("nan")
         rows.append([m, time_ratio, total_ratio, f"{loss_vs:+.1f}%", f"{acc_vs:+.3f}"])
     return B.table(
         f"{suite}: published anchors (MAS: 2x less training time than one-by-one, lower loss than all-in-one; "
         "TAG: 10% lower loss than all tasks together)",
-        ["mode", "separate/mode client-s to the lower target", "separate/mode total client-s", "total loss vs all-in-one",
-         "mean acc vs all-in-one"], rows,
-        note="ratios > 1: the mode needs less compute than separate; a negative loss change: lower loss than "
+        ["mode", f"{base_name}/mode client-s to the lower target", f"{base_name}/mode total client-s",
+         "total loss vs all-in-one", "mean acc vs all-in-one"], rows,
+        note=f"ratios > 1: the mode needs less compute than {base_name}; a negative loss change: lower loss than "
              "all-in-one.")
 
 
@@ -275,7 +306,7 @@ def why_table(res: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         step = []
         for r in rs:
             acc = {p["round"]: p["mean_accuracy"] for p in r["curve"]}
-            if split in acc and split + 1 in acc and mode not in ("separate", "all-in-one"):
+            if split in acc and split + 1 in acc and mode not in ("separate", "one-by-one", "all-in-one"):
                 step.append(acc[split + 1] - acc[split])
         after = []
         for r in rs:
@@ -299,7 +330,7 @@ def plot(res: dict[str, Any], analysis: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    colours = dict(zip(MODES, ["tab:gray", "tab:blue", "tab:orange", "tab:red", "tab:green"]))
+    colours = dict(zip(MODES, ["tab:gray", "tab:purple", "tab:blue", "tab:orange", "tab:red", "tab:green"]))
     for mode, rs in res["runs"].items():
         col = colours.get(mode)
         k = min(len(r["curve"]) for r in rs)

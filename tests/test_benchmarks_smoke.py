@@ -79,3 +79,31 @@ def test_fusion_adapter_reads_bench_fusion_rows_against_the_issue_targets(tmp_pa
     assert out["plots"] == ["fusion.png"]
     assert all(len(r) == len(t["columns"]) for t in out["tables"] for r in t["rows"])
     assert "2 cores (x); 23.6 GiB" in machine_line({"machine": {"cores": 2, "cpu": "x", "mem_gb": 25.3}})
+
+
+def test_quality_reuse_matches_the_effective_config_so_a_changed_default_is_not_mixed_in(capsys):
+    """`--reuse` joins earlier runs only where the whole effective run config is the same:
+    a report made when a default differed (here `head-init`) is not reused; one without the
+    effective config (older reports) is matched on its explicit keys, with a warning."""
+    import argparse
+
+    import bench_quality as q
+
+    args = argparse.Namespace(capacity=1, quick=False, rounds=4, set=["split-round=2"], clients=None)
+    clients, base = q.suite_setup("default", args)
+    run = {"seed": 0, "curve": [], "wall": 1.0}
+
+    def report(effective):
+        raw = {"clients": clients, "config": base, "runs": {"mas2": [run]}}
+        if effective is not None:
+            raw["effective"] = effective
+        return {"raw": {"default": raw}, "versions": {"fedmtl_commit": "abc"}, "date": "d"}
+
+    same = q.effective_config(base)
+    assert same["head-init"] == "shared" and "out" not in same and "data-root" not in same
+    assert set(q.reusable_runs([report(same)], "default", clients, base)) == {("mas2", 0)}
+    other = dict(same, **{"head-init": "independent"})
+    assert q.reusable_runs([report(other)], "default", clients, base) == {}
+    assert set(q.reusable_runs([report(None)], "default", clients, base)) == {("mas2", 0)}
+    assert "explicit run-config keys only" in capsys.readouterr().out
+    assert q.MODES["one-by-one"]["mode"] == "separate" and q.MODES["one-by-one"]["client-capacity"] > 64
