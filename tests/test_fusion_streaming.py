@@ -293,6 +293,8 @@ def test_float32_runs_join_only_what_lies_back_to_back():
     del flat, parts
     assert pieces[0][6] == 6  # the joined run keeps its tensors' memory alive
     assert [len(x) for x in float32_runs([torch.zeros(0), torch.zeros(0)])] == [0]
+    negated = torch._neg_view(torch.arange(3, dtype=torch.float32))  # same bytes, other values
+    assert np.array_equal(np.concatenate(float32_runs([negated])), [0, -1, -2])
     with pytest.raises(ValueError, match="layout"):
         OrderedSum([4, 4]).add("k", [np.zeros(3, np.float32), np.zeros(5, np.float32)], 1)  # not at a boundary
 

@@ -202,7 +202,8 @@ def float32_runs(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
 
     for t in tensors:
         n = t.numel()
-        if not (t.is_cpu and t.dtype is torch.float32 and t.is_contiguous()):
+        # (a lazily negated view, `is_neg`, holds bytes that are not its values: converted too)
+        if not (t.is_cpu and t.dtype is torch.float32 and t.is_contiguous()) or t.is_neg():
             close()
             pieces.append(_flat32(t))
             continue
@@ -220,7 +221,7 @@ def float32_runs(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
 
 
 def _flat32(t: torch.Tensor) -> np.ndarray:
-    t = t.detach()
+    t = t.detach().resolve_neg()
     if t.device.type != "cpu":
         t = t.cpu()
     if t.dtype != torch.float32:
