@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 
-SCALE_CHUNK = 1 << 18  # floats (1 MB) scaled at a time for a weighted term: fits in a core's cache
+SCALE_CHUNK = 1 << 18  # floats (1 MB) of a weighted term scaled at a time: read back from cache, not from memory
 
 
 class OrderedSum:
