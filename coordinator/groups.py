@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from coordinator.config import HEAD_INITS
 from coordinator.state import TaskGroup
 from strategies.fusion import fuse_states
 from tasks.models import split_state
@@ -27,8 +28,8 @@ def initial_model(suite: Suite, seed: int, head_init: str = "shared") -> tuple[d
         for task in suite.task_names:
             shape = tuple((k, tuple(v.shape), v.dtype) for k, v in heads[task].items())
             heads[task] = {k: v.clone() for k, v in first.setdefault(shape, heads[task]).items()}
-    elif head_init != "independent":
-        raise ValueError(f"head_init={head_init!r}: must be 'independent' or 'shared'")
+    elif head_init not in HEAD_INITS:
+        raise ValueError(f"head_init={head_init!r}: must be one of {HEAD_INITS}")
     return body, heads
 
 

@@ -161,14 +161,15 @@ class Coordinator:
         t0 = time.perf_counter()
         outcome = RoundOutcome(round=r, groups=self.grouping())
         outbox = Outbox(self.cfg, r)
-        defer = evaluation.due(self.cfg, r) and self._defers(r)
+        due = evaluation.due(self.cfg, r)
+        defer = due and self._defers(r)
         with _phase(outcome, "discovery"):
             online = self.exchange.node_ids()
             drawn = self.roster.draw(online, self.cfg.fraction, r)
             # The clients that will evaluate are drawn now too, from the same roster, so the
             # ones not met yet are asked what they hold in this one query exchange, not in a
             # second one before evaluation (with sampling, a round's one extra round trip).
-            evaluators = self._evaluators(r, online) if evaluation.due(self.cfg, r) and not defer else None
+            evaluators = self._evaluators(r, online) if due and not defer else None
             met = self.roster.pool(self.exchange, outbox, sorted(set(drawn) | set(evaluators or ())), r, outcome)
             pool = {n: met[n] for n in drawn if n in met}
             live = self.roster.live(online)
@@ -186,7 +187,7 @@ class Coordinator:
         with _phase(outcome, "affinity"):
             self.affinity.update(r, results, outcome)
         with _phase(outcome, "evaluate"):
-            if evaluation.due(self.cfg, r):  # the groups as trained this round, before regrouping
+            if due:  # the groups as trained this round, before regrouping
                 self._evaluate(r, outbox, outcome, evaluators)
         with _phase(outcome, "record"):  # the models as evaluated: what the round's metrics describe
             if not defer:
