@@ -19,6 +19,9 @@ processes on 127.0.0.1, tiny suite, MAS splitting into 2 groups after round 2. V
              instead of two (the last round, and a round a split follows, still evaluate apart)
     one-message-0.5  one-message with Flower's own 0.5 s reply poll (`--reply-poll 0.5`; the
              others but flower and poll use fedmtl's 0.02 s, launch/supernode_main.py)
+    one-message-db  one-message with the messages' objects in the SuperLink's database, as
+             Flower keeps them (`fedmtl coordinator --objects database`; flower and poll do the
+             same; the others keep them in memory, launch/superlink_main.py)
 
 Per round it reads `history.json` (`seconds`, `compute.train_seconds`) and the clients' own
 per-message timing (`FEDMTL_CLIENT_TIMING`, see client/timing.py), and reports
@@ -77,15 +80,18 @@ FEDMTL = [sys.executable, "-m", "fedmtl.cli"]
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "flower": {"executor": "flower", "task_poll": 1.0, "pull_hold": 0.0, "evaluate_in_train": False,
-               "reply_poll": 0.5},
+               "reply_poll": 0.5, "objects": "database"},
     "poll": {"executor": "flower", "task_poll": 0.05, "pull_hold": 20.0, "evaluate_in_train": False,
-             "reply_poll": 0.5},
+             "reply_poll": 0.5, "objects": "database"},
     "fedmtl": {"executor": "fork", "task_poll": None, "pull_hold": 20.0, "evaluate_in_train": False,
                "reply_poll": None},
     "one-message": {"executor": "fork", "task_poll": None, "pull_hold": 20.0, "evaluate_in_train": True,
                     "reply_poll": None},
     "one-message-0.5": {"executor": "fork", "task_poll": None, "pull_hold": 20.0, "evaluate_in_train": True,
                         "reply_poll": 0.5},
+    # Flower's object store: the messages' objects in the SuperLink's database (fedmtl: in memory)
+    "one-message-db": {"executor": "fork", "task_poll": None, "pull_hold": 20.0, "evaluate_in_train": True,
+                       "reply_poll": None, "objects": "database"},
 }
 
 
@@ -246,6 +252,7 @@ def run_variant(name: str, setup: Setup, rounds: int, timeout: float) -> Variant
                                       "--min-clients", setup.clients, "--suite", "tiny", "--mode", "mas",
                                       "--rounds", rounds, "--split-round", min(2, rounds - 1), "--max-groups", 2,
                                       "--set", "plots=false", "--pull-hold", settings["pull_hold"],
+                                      "--objects", settings.get("objects", "memory"),
                                       "--set", f"evaluate-in-train={str(settings['evaluate_in_train']).lower()}"],
                       vroot / "coordinator.log")
         procs.append(coord)

@@ -89,6 +89,7 @@ CLIENT_REGISTRY = REGISTRY_FILE  # node id -> name, for the ServerApp (coordinat
 COORDINATOR_INFO = "coordinator.json"  # addresses and pid of the running (or last) coordinator
 RUN_CONFIG_FILE = "run_config.toml"  # the run config of the last start (defaults for --resume)
 CONNECTION_NAME = "local"  # the flwr CLI connection to the loopback SuperLink
+OBJECT_STORES = ("memory", "database")  # where the SuperLink keeps messages' objects (`--objects`)
 
 _GATEWAY_READY = "Uvicorn running"
 
@@ -289,8 +290,11 @@ class CoordinatorSettings:
     superlink_port: int | None = None  # internal, loopback only; None = free port
     gateway_limits: GatewayLimits | None = None  # None = the gateway's defaults (launch/gateway_limits.py)
     pull_hold_s: float = DEFAULT_PULL_HOLD_S  # the gateway holds empty pulls (0: SuperNodes poll every 3 s)
+    objects: str = "memory"  # where the SuperLink keeps messages' objects: memory | database (launch/superlink_main.py)
 
     def __post_init__(self) -> None:
+        if self.objects not in OBJECT_STORES:
+            raise ValueError(f"objects={self.objects!r}: must be one of {', '.join(OBJECT_STORES)}")
         self.run_dir = Path(self.run_dir).resolve()
         self.tls_dir = Path(self.tls_dir).resolve() if self.tls_dir else self.run_dir / "tls"
         self.authorized_keys = (Path(self.authorized_keys).resolve() if self.authorized_keys
@@ -346,7 +350,7 @@ class CoordinatorService:
         self.link = SuperLinkProcess(SuperLinkConfig(
             run_dir=s.run_dir, host="127.0.0.1", port=s.superlink_port,
             tls=None if s.insecure else s.tls_files(), enable_supernode_auth=not s.insecure,
-            database=s.run_dir / "state.db", flwr_home=s.run_dir / "flwr_home",
+            database=s.run_dir / "state.db", objects_in_memory=s.objects == "memory", flwr_home=s.run_dir / "flwr_home",
             env={TASK_POLL_ENV: "0.2"},  # its SuperExec starts the ServerApp within 0.2 s, not 1 s
         ))
         self.gateway: GatewayProcess | None = None

@@ -48,6 +48,8 @@ __all__ = [
 
 #: Flower's name for an in-memory SuperLink state (`--database`).
 IN_MEMORY_DATABASE = ":flwr-in-memory:"
+#: `flower-superlink` with the object store in memory (`SuperLinkConfig.objects_in_memory`).
+SUPERLINK_MAIN = Path(__file__).resolve().with_name("superlink_main.py")
 
 #: Environment shared by every Flower process we start: no update check, no telemetry, no
 #: Ray usage statistics (all of them try the network), and no `uv sync` of the app's
@@ -110,6 +112,8 @@ class SuperLinkConfig:
     SuperExec and the apps: e.g. `RAY_ADDRESS`). `die_with_parent` (Linux) starts a small reaper
     process that kills the SuperLink and everything it started if *this process* dies without
     calling `stop()` (SIGKILL, crash); set it False for a SuperLink meant to outlive us.
+    `objects_in_memory` keeps the messages' objects (the models) in memory while the link state
+    stays in `database` (`launch/superlink_main.py`); it changes nothing with an in-memory database.
     """
 
     run_dir: Path
@@ -126,6 +130,7 @@ class SuperLinkConfig:
     extra_args: Sequence[str] = ()
     startup_timeout_s: float = 60.0
     die_with_parent: bool = True
+    objects_in_memory: bool = False
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
@@ -212,7 +217,13 @@ class SuperLinkProcess:
     def command(self) -> list[str]:
         """The `flower-superlink` command line."""
         cfg = self.config
-        cmd = [str(flower_bin_dir() / "flower-superlink"), "--host", cfg.host, "--port", str(self.port)]
+        database = cfg.database if cfg.database is not None else cfg.run_dir / "state.db"
+        if cfg.objects_in_memory and str(database) != IN_MEMORY_DATABASE:
+            python = flower_bin_dir() / "python"  # the interpreter whose flwr the SuperLink would run
+            cmd = [str(python) if python.exists() else sys.executable, str(SUPERLINK_MAIN)]
+        else:
+            cmd = [str(flower_bin_dir() / "flower-superlink")]
+        cmd += ["--host", cfg.host, "--port", str(self.port)]
         if cfg.tls is None:
             cmd.append("--insecure")
         else:
@@ -220,9 +231,7 @@ class SuperLinkProcess:
                     "--ssl-ca-certfile", str(cfg.tls.ca_certfile)]
         if cfg.simulation:
             cmd.append("--simulation")
-        cmd += ["--isolation", cfg.isolation]
-        database = cfg.database if cfg.database is not None else cfg.run_dir / "state.db"
-        cmd += ["--database", str(database)]
+        cmd += ["--isolation", cfg.isolation, "--database", str(database)]
         if cfg.enable_supernode_auth:
             cmd.append("--enable-supernode-auth")
         if not cfg.runtime_dependency_installation:

@@ -260,6 +260,37 @@ def test_reply_poll_patch_fits_the_installed_flower() -> None:
     assert "must be between 0.001 and 0.5" in done.stderr
 
 
+def test_coordinator_superlink_keeps_objects_in_memory_and_its_state_on_disk(tmp_path: Path) -> None:
+    from launch.superlink import IN_MEMORY_DATABASE, SUPERLINK_MAIN, SuperLinkConfig, SuperLinkProcess
+
+    cmd = SuperLinkProcess(SuperLinkConfig(run_dir=tmp_path, port=9999, objects_in_memory=True)).command()
+    assert Path(cmd[1]) == SUPERLINK_MAIN and cmd[cmd.index("--database") + 1] == str(tmp_path / "state.db")
+    plain = SuperLinkProcess(SuperLinkConfig(run_dir=tmp_path, port=9999)).command()
+    assert Path(plain[0]).name == "flower-superlink" and plain[1:] == cmd[2:]
+    memory = SuperLinkProcess(SuperLinkConfig(run_dir=tmp_path, port=9999, objects_in_memory=True,
+                                              database=IN_MEMORY_DATABASE)).command()
+    assert Path(memory[0]).name == "flower-superlink"  # nothing to move: all of it is in memory already
+
+
+def test_object_store_patch_fits_the_installed_flower(tmp_path: Path) -> None:
+    """In a fresh interpreter (the patch changes Flower's module): after the guard passes, Flower's
+    own factory function gives an in-memory object store beside a link state in the database
+    file. A Flower upgrade that changes how the store is made fails here (the SuperLink would
+    then keep its objects in the database, as Flower does, still correctly)."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import superlink_main as m\n"
+            "assert m.objects_in_memory() is None\n"
+            "from flwr.superlink import config_loader as c\n"
+            "objects, state = c.get_objectstore_linkstate_factories(sys.argv[2], c.get_federation_manager())\n"
+            "print(type(objects.store()).__name__, type(state.state()).__name__)\n")
+    db = tmp_path / "state.db"
+    from launch.superlink import SUPERLINK_MAIN
+
+    done = subprocess.run([sys.executable, "-c", code, str(SUPERLINK_MAIN.parent), str(db)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["InMemoryObjectStore", "SqlLinkState"] and db.exists()
+
+
 def test_flower_executor_keeps_flowers_superexec_with_a_short_poll(tmp_path: Path) -> None:
     node = _node(tmp_path, executor="flower", task_poll_s=0.2)
     assert "--isolation" not in node.command()

@@ -34,6 +34,7 @@ from coordinator.config import RunConfig
 from fedmtl.commands.dashboard import add_dashboard_options, start_for_run
 from fedmtl.progress import RunReporter, add_output_options, output_mode
 from launch.service import (
+    OBJECT_STORES,
     RUN_CONFIG_FILE,
     CoordinatorService,
     CoordinatorSettings,
@@ -78,6 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"the gateway holds a client's empty message poll open up to S seconds, so a new message "
                         f"reaches it at once (default {DEFAULT_PULL_HOLD_S:g}; 0 = off: Flower's clients then "
                         "look for messages only every 3 s)")
+    p.add_argument("--objects", choices=OBJECT_STORES, default=None,
+                   help="where the SuperLink keeps the messages' objects (the models on their way): memory "
+                        "(default; its runs, nodes and keys stay in RUN_DIR/state.db) or database (Flower's "
+                        "own: everything in state.db, slower)")
     p.add_argument("--timeout", type=float, default=None, help="stop the run after this many seconds")
     add_dashboard_options(p)
     add_output_options(p)
@@ -136,7 +141,7 @@ def build(args: argparse.Namespace) -> tuple[CoordinatorSettings, dict[str, Any]
         run_dir=run_dir, host=str(pick("host", DEFAULT_HOST)), port=int(pick("port", DEFAULT_PORT)),
         tls_dir=Path(tls_dir) if tls_dir else None, insecure=insecure,
         authorized_keys=Path(keys) if keys else None, superlink_port=args.superlink_port,
-        pull_hold_s=float(pick("pull_hold", DEFAULT_PULL_HOLD_S)),
+        pull_hold_s=float(pick("pull_hold", DEFAULT_PULL_HOLD_S)), objects=str(pick("objects", "memory")),
     )
     return settings, config
 
@@ -148,7 +153,7 @@ def _save(settings: CoordinatorSettings, config: dict[str, Any]) -> None:
     (run_dir / SETTINGS_FILE).write_text(json.dumps({
         "host": settings.host, "port": settings.port, "insecure": settings.insecure,
         "tls_dir": str(settings.tls_dir), "authorized_keys": str(settings.authorized_keys),
-        "pull_hold": settings.pull_hold_s}, indent=1) + "\n")
+        "pull_hold": settings.pull_hold_s, "objects": settings.objects}, indent=1) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
