@@ -18,7 +18,7 @@ from client.data import client_name, client_suite, local_tasks
 from client.timing import timing_mod
 from client.training import TrainConfig, evaluate_multitask, resolve_device, train_multitask
 from tasks import protocol as P
-from tasks.packing import pack, unpack
+from tasks.packing import layout_from_entries, pack, unpack
 
 app = ClientApp(mods=[timing_mod])  # records per-message timing only when FEDMTL_CLIENT_TIMING is set
 
@@ -35,16 +35,19 @@ def _data(context: Context, cfg: dict):
     return local_tasks(dict(context.node_config), str(cfg["suite"]), int(cfg.get("data-seed", 0)), str(cfg.get("data-root", "")))
 
 
-def packed_records(state: dict[str, torch.Tensor]) -> tuple[ArrayRecord, ConfigRecord]:
-    """A state dict as Flower records: (flat arrays, layout), see `tasks.packing`."""
-    buffers, layout = pack(state)
-    return ArrayRecord({dtype: Array(buf) for dtype, buf in buffers.items()}), ConfigRecord(layout)
+def packed_update(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    """A trained state as the reply's ArrayRecord of flat arrays (`tasks.packing`), packed in the
+    order of the model it was sent. No layout travels back: the coordinator knows it."""
+    buffers, _ = pack(state)
+    return ArrayRecord({dtype: Array(buf) for dtype, buf in buffers.items()})
 
 
-def received_state(msg: Message, model_key: str = P.MODEL, layout_key: str = P.LAYOUT) -> dict[str, torch.Tensor]:
-    """The packed model a message carries, unpacked (in the coordinator's order)."""
+def received_state(msg: Message, model_key: str = P.MODEL, layout_prefix: str = P.LAYOUT) -> dict[str, torch.Tensor]:
+    """The packed model a message carries, unpacked (in the coordinator's order) with the layout
+    its config holds under `layout_prefix`."""
     arrays = msg.content[model_key]
-    return unpack({dtype: array.numpy() for dtype, array in arrays.items()}, dict(msg.content[layout_key]))
+    layout = layout_from_entries(msg.content[P.CONFIG], layout_prefix)
+    return unpack({dtype: array.numpy() for dtype, array in arrays.items()}, layout)
 
 
 def _model(sent: dict[str, torch.Tensor], context: Context, cfg: dict, tasks: list[str]):
@@ -133,11 +136,9 @@ def train(msg: Message, context: Context) -> Message:
     # Packed in the order of the model it was sent: the coordinator expects exactly that layout.
     trained = model.state_dict()
     state = {k: trained[k] for k in sent if k in trained} | {k: v for k, v in trained.items() if k not in sent}
-    arrays, layout = packed_records(state)
     content = RecordDict(
         {
-            P.MODEL: arrays,
-            P.LAYOUT: layout,
+            P.MODEL: packed_update(state),
             P.METRICS: MetricRecord(metrics),
             **records,
         }
@@ -177,7 +178,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Per-task accuracy and loss of the received models on this client's own test split.
 
     One message carries a packed model per task group this client holds tasks of
-    ("model.<gid>" and "layout.<gid>", with the tasks to evaluate in config "tasks.<gid>").
+    ("model.<gid>", its layout under "layout.<gid>" and the tasks to evaluate under "tasks.<gid>"
+    in the config).
     """
     cfg = _config(msg)
     data = _data(context, cfg)

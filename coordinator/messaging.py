@@ -3,10 +3,11 @@
 Two jobs, both thin:
 
 * `Outbox` builds query, train and evaluate messages. A group's model is packed
-  (`tasks.packing`: one flat array per dtype, an ArrayRecord, plus its layout, a ConfigRecord)
-  once per round (per model version), and the pair is shared by every message that carries it:
-  it is serialised once, Flower's content addressing uploads it once however many clients
-  receive it, and it is a handful of Flower objects instead of two per tensor.
+  (`tasks.packing`: one flat array per dtype, an ArrayRecord) once per round (per model
+  version), and that record is shared by every message that carries it: it is serialised once,
+  Flower's content addressing uploads it once however many clients receive it, and it is a
+  handful of Flower objects instead of two per tensor. Its layout (names, dtypes, shapes) rides
+  in each message's config record, so a train message is 6 Flower objects, each one request.
 * `Exchange` pushes messages and pulls their replies *as they arrive* (Flower's
   `push_messages` / `pull_messages`), matching each reply to the message it answers by Flower's
   reply-to id — never by anything the client wrote. The caller folds each reply in (streaming
@@ -28,7 +29,7 @@ from flwr.serverapp import Grid
 from coordinator.config import RunConfig
 from coordinator.state import TaskGroup
 from tasks import protocol as P
-from tasks.packing import pack
+from tasks.packing import layout_entries, pack
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,11 @@ def train_group_id(round_: int, gid: int) -> str:
     return f"round-{round_}.group-{gid}"
 
 
-def packed_records(state: Mapping[str, torch.Tensor]) -> tuple[ArrayRecord, ConfigRecord]:
-    """A state dict as Flower records: (flat arrays, layout), see `tasks.packing`."""
+def packed_records(state: Mapping[str, torch.Tensor]) -> tuple[ArrayRecord, dict[str, list]]:
+    """A state dict as (its Flower ArrayRecord of flat arrays, its layout's wire form), see
+    `tasks.packing`; the layout travels in the message's config (`layout_entries`)."""
     buffers, layout = pack(state)
-    return ArrayRecord({dtype: Array(buf) for dtype, buf in buffers.items()}), ConfigRecord(layout)
+    return ArrayRecord({dtype: Array(buf) for dtype, buf in buffers.items()}), layout
 
 
 class Outbox:
@@ -73,9 +75,9 @@ class Outbox:
     def __init__(self, cfg: RunConfig, round_: int) -> None:
         self.cfg = cfg
         self.round = round_
-        self._records: dict[tuple[int, int], tuple[ArrayRecord, ConfigRecord]] = {}
+        self._records: dict[tuple[int, int], tuple[ArrayRecord, dict[str, list]]] = {}
 
-    def model_records(self, group: TaskGroup) -> tuple[ArrayRecord, ConfigRecord]:
+    def model_records(self, group: TaskGroup) -> tuple[ArrayRecord, dict[str, list]]:
         """The group's whole model (body and every head, in `state_for(group.tasks)` order),
         packed, as one shared (arrays, layout) pair; rebuilt only when the group's weights
         changed (`group.version`)."""
@@ -100,7 +102,8 @@ class Outbox:
         if evaluate:
             config[P.EVALUATE_FIRST] = True
         arrays, layout = self.model_records(group)
-        content = RecordDict({P.MODEL: arrays, P.LAYOUT: layout, P.CONFIG: ConfigRecord(config)})
+        config |= layout_entries(layout, P.LAYOUT)
+        content = RecordDict({P.MODEL: arrays, P.CONFIG: ConfigRecord(config)})
         msg = Message(content, dst_node_id=node, message_type=P.TRAIN, group_id=train_group_id(self.round, group.gid))
         return msg, Sent(P.TRAIN, node, group.gid, tuple(tasks), attempt=attempt, evaluate=evaluate)
 
@@ -110,7 +113,8 @@ class Outbox:
         records: dict = {}
         for g, tasks in groups:
             config[P.group_key("tasks", g.gid)] = list(tasks)
-            records[P.group_key(P.MODEL, g.gid)], records[P.group_key(P.LAYOUT, g.gid)] = self.model_records(g)
+            records[P.group_key(P.MODEL, g.gid)], layout = self.model_records(g)
+            config |= layout_entries(layout, P.group_key(P.LAYOUT, g.gid))
         content = RecordDict(records | {P.CONFIG: ConfigRecord(config)})
         asked = {g.gid: tuple(tasks) for g, tasks in groups}
         every = tuple(t for ts in asked.values() for t in ts)

@@ -208,32 +208,36 @@ def _check_layout(got: Layout, want: Layout, where: str) -> list[str]:
     return problems
 
 
-def _decode_packed(arrays: ArrayRecord, layout: ConfigRecord, expected: dict[str, torch.Tensor],
+def _decode_packed(arrays: ArrayRecord, layout: ConfigRecord | None, expected: dict[str, torch.Tensor],
                    where: str) -> tuple[dict, list[str]]:
-    """Decode a packed model (`tasks.packing`) whose layout is exactly that of `expected`.
+    """Decode a packed model (`tasks.packing`) laid out exactly as `expected` (the model the
+    client was sent, for the tasks it was asked to train): fedmtl's client sends no layout, and
+    one that is sent must be that one.
 
     Checked in this order, each step only if the last passed, nothing decoded before the end:
-    the layout's structure (entries, types, lengths, no negative sizes), the layout against the
-    expected one (names, order, dtypes, shapes), then the flat arrays' metadata (one per dtype,
-    of that dtype, exactly as long as the layout declares, no more bytes than that needs), then
-    the payload (its npy header must agree, byte for byte as long as declared)."""
-    try:
-        got = Layout.from_wire(dict(layout))
-    except ValueError as exc:
-        return {}, [f"{where}: {short(exc)}"]
+    a layout, if the reply has one: its structure (entries, types, lengths, no negative sizes),
+    then against the expected one (names, order, dtypes, shapes); the flat arrays' metadata (one
+    per dtype, of that dtype, exactly as long as the expected layout needs, no more bytes than
+    that), then the payload (its npy header must agree, byte for byte as long as declared)."""
     want = Layout.of(expected)
-    problems = _check_layout(got, want, where)
-    if problems:
-        return {}, problems
-    counts = want.counts()  # = got.counts(): the layouts are equal
+    if layout is not None:
+        try:
+            got = Layout.from_wire(dict(layout))
+        except ValueError as exc:
+            return {}, [f"{where}: {short(exc)}"]
+        problems = _check_layout(got, want, where)
+        if problems:
+            return {}, problems
+    problems = []
+    counts = want.counts()
     keys = list(arrays.keys())
     unexpected = [k for k in keys if k not in counts]
     if unexpected:
-        problems.append(f"{where}: unexpected arrays {_names(unexpected)} (the layout's dtypes are {list(counts)})")
-    problems += [f"{where}: no {d} array for the layout's {d} tensors" for d in counts if d not in keys]
+        problems.append(f"{where}: unexpected arrays {_names(unexpected)} (the model's dtypes are {list(counts)})")
+    problems += [f"{where}: no {d} array for the model's {d} tensors" for d in counts if d not in keys]
     for dtype in (k for k in keys if k in counts):
         problems += _check_array(arrays[dtype], f"{where}.{dtype}", dtype, (counts[dtype],),
-                                 f" (the {counts[dtype]} elements its layout declares)")
+                                 f" (the {counts[dtype]} elements of the model it was sent)")
     if problems:
         return {}, problems
     buffers = {}
@@ -319,7 +323,7 @@ def read_train(
     problems = _check_origin(reply, sent)
     allowed = {P.MODEL: ArrayRecord, P.LAYOUT: ConfigRecord, P.METRICS: MetricRecord, P.CONFIG: ConfigRecord,
                P.AFFINITY: ArrayRecord}
-    required = {P.MODEL, P.LAYOUT, P.METRICS}
+    required = {P.MODEL, P.METRICS}  # a LAYOUT is optional: the coordinator knows the layout (checked if sent)
     if sent.evaluate:  # the scores of the model as sent, asked for with the training
         allowed[P.EVALUATION] = MetricRecord
         required.add(P.EVALUATION)
@@ -330,7 +334,7 @@ def read_train(
     asked = list(sent.tasks)
     # The client packs its update in the order of the model it was sent (the group's tasks).
     expected = group.state_for([t for t in group.tasks if t in asked])
-    state, problems = _decode_packed(records[P.MODEL], records[P.LAYOUT], expected, "model")
+    state, problems = _decode_packed(records[P.MODEL], records.get(P.LAYOUT), expected, "model")
     metrics = records[P.METRICS]
     if len(metrics) > max_metrics:
         problems.append(f"metrics: {len(metrics)} entries, more than the {max_metrics} a reply may carry")

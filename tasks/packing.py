@@ -14,7 +14,9 @@ The wire form, both directions (coordinator -> client models, client -> coordina
   shape ``dims[sum(ranks[:i]) : sum(ranks[:i + 1])]``.
 
 No Flower import: the Flower records are built from these plain values by a line in
-`coordinator/messaging.py` and `client/app.py`. Parsing a layout (`Layout.from_wire`) is safe on
+`coordinator/messaging.py` and `client/app.py`. A model the coordinator sends carries its layout
+as entries of the message's config record (`layout_entries`); an update a client sends back
+carries none: the coordinator unpacks it with the layout of the model it sent. Parsing a layout (`Layout.from_wire`) is safe on
 untrusted input: it only ever raises ValueError, before anything is allocated. Checking a layout
 against the one that was expected is the coordinator's job (`coordinator/replies.py`).
 Dtypes are numpy's (torch's bfloat16 has no numpy twin and cannot be packed).
@@ -98,6 +100,18 @@ class Layout:
         for dtype, shape in zip(self.dtypes, self.shapes):
             out[dtype] = out.get(dtype, 0) + math.prod(shape)
         return out
+
+
+def layout_entries(wire: Mapping[str, list], prefix: str) -> dict[str, list]:
+    """A layout's wire form as entries of a config record beside other entries: "<prefix>.names",
+    ... (a message then carries one record fewer, and every record is one more request)."""
+    return {f"{prefix}.{k}": wire[k] for k in LAYOUT_KEYS}
+
+
+def layout_from_entries(config: Mapping[str, object], prefix: str) -> dict[str, object]:
+    """The wire form `layout_entries` wrote under `prefix` (the entries present; `Layout.from_wire`
+    names the missing ones)."""
+    return {k: config[f"{prefix}.{k}"] for k in LAYOUT_KEYS if f"{prefix}.{k}" in config}
 
 
 def _dtype_name(t: torch.Tensor) -> str:

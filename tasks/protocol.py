@@ -2,9 +2,12 @@
 
 Kept free of Flower imports so both sides (and tests) agree on one spelling. A message's
 RecordDict holds at most: MODEL (ArrayRecord: a state dict with `body.*`/`heads.<task>.*` keys,
-*packed*: one flat array per dtype, see `tasks.packing`) with its LAYOUT (ConfigRecord: names,
-dtypes and shapes), CONFIG (ConfigRecord: instructions), METRICS (MetricRecord: numbers coming
-back) and INFO (ConfigRecord: what a client reports about itself).
+*packed*: one flat array per dtype, see `tasks.packing`), CONFIG (ConfigRecord: instructions,
+and the layout of the MODEL it sends: names, dtypes and shapes under LAYOUT + ".names", ...),
+METRICS (MetricRecord: numbers coming back) and INFO (ConfigRecord: what a client reports about
+itself). A train reply's MODEL is packed in the order of the model it was sent and carries no
+layout: the coordinator knows it (a reply MAY carry it as a LAYOUT ConfigRecord, which must then
+match). Each record is one more object, so one more request on every hop.
 """
 
 QUERY = "query"
@@ -12,7 +15,7 @@ TRAIN = "train"
 EVALUATE = "evaluate"
 
 MODEL = "model"
-LAYOUT = "layout"  # the layout of the packed MODEL record beside it (tasks.packing)
+LAYOUT = "layout"  # prefix of the sent MODEL's layout entries in CONFIG (tasks.packing.layout_entries)
 CONFIG = "config"
 METRICS = "metrics"
 INFO = "info"
@@ -31,7 +34,7 @@ def task_key(prefix: str, task: str) -> str:
     return f"{prefix}.{task}"
 
 # An evaluate message carries one model per task group the client holds tasks of:
-# ArrayRecord "model.<gid>" with its ConfigRecord "layout.<gid>", and config "tasks.<gid>"
+# ArrayRecord "model.<gid>", its layout under "layout.<gid>" in CONFIG, and config "tasks.<gid>"
 # (the tasks to evaluate with that model).
 EVAL_GROUPS = "groups"
 

@@ -25,6 +25,7 @@ from flwr.clientapp import ClientApp
 
 from client import app as honest
 from tasks import protocol as P
+from testbed.hostile import reply_state
 
 FAULT_KINDS = ("crash", "hang", "nan", "shape", "huge", "scale")
 
@@ -74,8 +75,8 @@ def _fault_mod(msg: Message, context: Context, call_next) -> Message:
         return reply
     if reply.has_error():
         return reply
-    state = corrupt(kind, honest.received_state(reply), reference)
-    reply.content[P.MODEL], reply.content[P.LAYOUT] = honest.packed_records(state)
+    state = corrupt(kind, reply_state(reply, msg), reference)
+    reply.content[P.MODEL] = honest.packed_update(state)
     return reply
 
 

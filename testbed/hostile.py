@@ -37,6 +37,7 @@ from flwr.clientapp import ClientApp
 from client import app as honest
 from strategies.affinity import GradientReport
 from tasks import protocol as P
+from tasks.packing import Layout, unpack
 from testbed.hostile_affinity import forge_gradient_report
 
 BEHAVIOURS = {
@@ -77,7 +78,7 @@ BEHAVIOURS = {
     "t-wrong-reply": "a reply that answers no message",
     "t-reordered": "its records, metrics and arrays in another order (valid: must fuse correctly)",
     # train, the packed model's layout (tasks.packing) and flat arrays: lies on the wire
-    "t-no-layout": "the packed model without its layout",
+    "t-no-layout": "the packed model without a layout record (valid: the coordinator knows the layout)",
     "t-layout-length": "layout lists of different lengths (one dtype short)",
     "t-layout-duplicate": "a tensor name listed twice in the layout",
     "t-layout-huge": "a layout shape claiming 10^12 elements",
@@ -178,7 +179,7 @@ def train(msg: Message, context: Context) -> Message:
         other.metadata.__dict__["_message_id"] = "not-a-message-the-coordinator-sent"
         return Message(reply.content, reply_to=other)
     metrics = dict(reply.content[P.METRICS])
-    state = honest.received_state(reply)
+    state = reply_state(reply, msg)
     body_key = next(k for k in state if k.startswith("body.") and state[k].is_floating_point())
     tasks = list(dict(msg.content[P.CONFIG])["tasks"])
     if "t-extra-head" in evil:
@@ -262,10 +263,20 @@ def _forged_scores(evil: set[str], scores: dict, tasks: list[str]) -> MetricReco
     return ConfigRecord(scores) if "v-type" in evil else MetricRecord(scores)
 
 
+def reply_state(reply: Message, msg: Message) -> dict[str, torch.Tensor]:
+    """The update an honest train reply to `msg` carries, read as the coordinator reads it: with
+    the layout of the model it was sent, narrowed to the body and the heads of the asked tasks."""
+    sent = honest.received_state(msg)
+    tasks = list(dict(msg.content[P.CONFIG])["tasks"])
+    kept = {k: v for k, v in sent.items() if k.startswith("body.") or any(k.startswith(f"heads.{t}.") for t in tasks)}
+    return unpack({dtype: a.numpy() for dtype, a in reply.content[P.MODEL].items()}, Layout.of(kept))
+
+
 def _forged_packing(evil: set[str], state: dict[str, torch.Tensor], tasks: list[str]) -> tuple[ArrayRecord, ConfigRecord]:
-    """`state` packed as the honest client packs it, then its layout or flat arrays forged."""
-    arrays, layout_record = honest.packed_records(state)
-    layout = dict(layout_record)
+    """`state` packed as the honest client packs it, plus a layout record (a reply may carry one:
+    it is then checked), then that layout or the flat arrays forged."""
+    arrays = honest.packed_update(state)
+    layout = Layout.of(state).to_wire()
     if "t-layout-length" in evil:
         layout["dtypes"] = layout["dtypes"][:-1]
     if "t-layout-duplicate" in evil:
@@ -343,7 +354,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 def honest_twin(behaviour: str) -> bool:
     """Behaviours whose reply is valid (the coordinator must accept and use it)."""
-    return behaviour == "t-reordered"
+    return behaviour in ("t-reordered", "t-no-layout")
 
 
 def app_folder(project: Path, dst: Path, plan: dict[int, dict]) -> Path:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from client.app import packed_records
+from coordinator.messaging import packed_records
 from strategies.affinity import (
     AffinityStats, GradientReport, body_num_params, sketch_dim, validate_gradient_report, window_steps,
 )
 from tasks import protocol as P
+from tasks.packing import layout_entries
 from tasks.registry import load_suite
 from testbed.inprocess import InProcessGrid
 
@@ -19,7 +20,7 @@ def _train(grid: InProcessGrid, node: int, tasks: list[str], extra: dict) -> Mes
     config = {"suite": "planted", "data-root": "", "data-seed": 0, "device": "cpu", "seed": 0, "round": 1, "group": 0,
               "tasks": tasks, "local-epochs": 1, "local-steps": 6, "batch-size": 16, "lr": 0.1, "momentum": 0.9} | extra
     arrays, layout = packed_records(model.state_dict())
-    content = RecordDict({P.MODEL: arrays, P.LAYOUT: layout, P.CONFIG: ConfigRecord(config)})
+    content = RecordDict({P.MODEL: arrays, P.CONFIG: ConfigRecord(config | layout_entries(layout, P.LAYOUT))})
     msg = Message(content, dst_node_id=node, message_type=P.TRAIN, group_id="round-1.group-0")
     (reply,) = grid.send_and_receive([msg], timeout=120)
     assert not reply.has_error(), reply.error

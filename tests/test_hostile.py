@@ -48,7 +48,6 @@ def _same_models(coordinator, reference_models):
 # layout entry that lied, and how.
 WIRE_REASONS = {
     "t-no-model": "missing record 'model'",
-    "t-no-layout": "missing record 'layout'",
     "t-extra-head": "model: layout names 'heads.intruder.",
     "t-extra-array": "model: layout names 'body.backdoor' not expected",
     "t-shape": "layout shape (3, 3), expected",
@@ -121,11 +120,13 @@ def test_a_newcomer_claiming_a_connected_clients_name_is_refused(tmp_path):
     assert history.rounds[3]["clients"] == ["partition-0", "partition-1"]
 
 
-def test_valid_reply_with_keys_in_another_order_is_fused(tmp_path, reference):
-    """The right records, metrics and arrays in another order are a valid reply: it must be used,
-    and fused correctly. (Tensors packed in another order than the model was sent in are not:
-    `t-layout-order`, refused above.)"""
-    coordinator, history, _ = _run(tmp_path, ["t-reordered"])
+@pytest.mark.parametrize("behaviour", ["t-reordered", "t-no-layout"])
+def test_valid_replies_are_fused(tmp_path, reference, behaviour):
+    """The right records, metrics and arrays in another order, or a packed model without a layout
+    record (the coordinator knows the layout), are valid replies: they must be used, and fused
+    correctly. (Tensors packed in another order than the model was sent in, with a layout saying
+    so, are not: `t-layout-order`, refused above.)"""
+    coordinator, history, _ = _run(tmp_path, [behaviour])
     entry = history.rounds[1]
     assert not entry["rejected"] and len(entry["clients"]) == HONEST + 1
     assert all(torch.isfinite(v).all() for g in coordinator.groups for v in g.tensors().values())

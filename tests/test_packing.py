@@ -13,7 +13,7 @@ from flwr.app import Array, ConfigRecord
 
 from coordinator.messaging import packed_records
 from coordinator.replies import _decode_packed, _read_npy
-from tasks.packing import Layout, pack, unpack
+from tasks.packing import Layout, layout_entries, layout_from_entries, pack, unpack
 from tasks.registry import load_suite
 
 
@@ -52,8 +52,10 @@ def test_round_trip_is_bitwise_in_order_with_one_buffer_per_dtype():
 def test_round_trip_through_flower_records_and_a_real_model():
     state = load_suite("tiny").build_model().state_dict()
     arrays, layout = packed_records(state)
-    assert list(arrays.keys()) == ["float32"] and isinstance(layout, ConfigRecord)
-    back = unpack({k: a.numpy() for k, a in arrays.items()}, dict(layout))
+    assert list(arrays.keys()) == ["float32"] and layout == pack(state)[1]
+    config = ConfigRecord({"round": 3} | layout_entries(layout, "layout.2"))  # as a message carries it
+    assert layout_from_entries(dict(config), "layout.2") == layout and layout_from_entries(dict(config), "layout") == {}
+    back = unpack({k: a.numpy() for k, a in arrays.items()}, layout_from_entries(dict(config), "layout.2"))
     assert list(back) == list(state) and all(torch.equal(back[k], v) for k, v in state.items())
     # the packed tensors do not alias the originals: changing one does not change the other
     back["body.features.0.weight"].add_(1.0)
@@ -110,8 +112,11 @@ def _reply(state=None, layout_edit=None, array_edit=None):
     return arrays, ConfigRecord(wire)
 
 
-def test_an_honest_packed_reply_decodes_bitwise():
-    state, problems = _decode_packed(*_reply(), _expected(), "model")
+@pytest.mark.parametrize("with_layout", [False, True])
+def test_an_honest_packed_reply_decodes_bitwise(with_layout):
+    """fedmtl's client sends no layout (the coordinator knows it); one that is sent is checked."""
+    arrays, layout = _reply()
+    state, problems = _decode_packed(arrays, layout if with_layout else None, _expected(), "model")
     assert problems == [] and list(state) == list(_expected())
     assert all(torch.equal(state[k], v) and state[k].dtype == v.dtype for k, v in _expected().items())
 
@@ -154,10 +159,10 @@ LIES = {
     "ranks vs dims": (lambda l: l["dims"].append(1), None, ["model: layout ranks add up to 6, but 7 dims are listed"]),
     "rank too large": (lambda l: l["ranks"].__setitem__(0, 10**9), None, ["model: layout ranks must lie in 0..32"]),
     "no layout entries": (lambda l: l.clear(), None, ["model: layout lacks names, dtypes, ranks, dims"]),
-    "array missing": (None, lambda a: a.pop("int64"), ["model: no int64 array for the layout's int64 tensors"]),
+    "array missing": (None, lambda a: a.pop("int64"), ["model: no int64 array for the model's int64 tensors"]),
     "array extra": (None, lambda a: a.__setitem__("float64", Array(np.zeros(2))), None),
     "array short": (None, lambda a: a.__setitem__("float32", Array(_f32(a).numpy()[:-1])),
-                    ["model.float32: shape (25,), expected (26,) (the 26 elements its layout declares)"]),
+                    ["model.float32: shape (25,), expected (26,) (the 26 elements of the model it was sent)"]),
     "array dtype": (None, lambda a: a.__setitem__("float32", Array(_f32(a).numpy().astype(np.float64))),
                     ["model.float32: dtype float64, expected float32"]),
     "array oversized": (None, lambda a: a.__setitem__("float32", Array(
@@ -183,6 +188,16 @@ def test_every_lie_in_a_packed_reply_is_refused_and_named_without_raising(lie):
     layout_edit, array_edit, exact = LIES[lie]
     state, problems = _decode_packed(*_reply(layout_edit=layout_edit, array_edit=array_edit), _expected(), "model")
     assert state == {} and problems and all(isinstance(p, str) and p.startswith("model") for p in problems), problems
+    if exact is not None:
+        assert all(e in problems for e in exact), problems
+
+
+@pytest.mark.parametrize("lie", sorted(k for k, (layout_edit, _, _) in LIES.items() if layout_edit is None))
+def test_array_lies_are_refused_without_a_layout_record_too(lie):
+    _, array_edit, exact = LIES[lie]
+    arrays, _ = _reply(array_edit=array_edit)
+    state, problems = _decode_packed(arrays, None, _expected(), "model")
+    assert state == {} and problems and all(p.startswith("model") for p in problems), problems
     if exact is not None:
         assert all(e in problems for e in exact), problems
 
@@ -226,8 +241,10 @@ def test_outbox_packs_each_group_model_once_and_shares_it_across_messages():
     (a, _), (b, _) = outbox.train(1, group, suite.task_names[:1], {}), outbox.train(2, group, suite.task_names[1:], {})
     (e, _) = outbox.evaluate(3, [(group, suite.task_names)])
     assert a.content[P.MODEL] is b.content[P.MODEL] is e.content[P.group_key(P.MODEL, 0)]
-    assert a.content[P.LAYOUT] is e.content[P.group_key(P.LAYOUT, 0)]
+    assert list(a.content.keys()) == [P.MODEL, P.CONFIG]  # the layout rides in the config: no record of its own
+    layout = layout_from_entries(dict(a.content[P.CONFIG]), P.LAYOUT)
+    assert layout == layout_from_entries(dict(e.content[P.CONFIG]), P.group_key(P.LAYOUT, 0))
     assert list(a.content[P.MODEL].keys()) == ["float32"]
-    assert dict(a.content[P.LAYOUT])["names"] == list(group.state_for(group.tasks))
+    assert layout["names"] == list(group.state_for(group.tasks))
     group.version += 1  # new weights: packed again
     assert outbox.train(1, group, suite.task_names, {})[0].content[P.MODEL] is not a.content[P.MODEL]
