@@ -22,6 +22,9 @@ processes on 127.0.0.1, tiny suite, MAS splitting into 2 groups after round 2. V
     one-message-db  one-message with the messages' objects in the SuperLink's database, as
              Flower keeps them (`fedmtl coordinator --objects database`; flower and poll do the
              same; the others keep them in memory, launch/superlink_main.py)
+    one-message-unpack  one-message with every ClientApp unpacking and re-hashing the app bundle,
+             as Flower's runtime does (`FEDMTL_UNPACK_EVERY_TASK=1`; the others unpack it once
+             a node, launch/clientapp_forkserver.py `install_once`)
 
 Per round it reads `history.json` (`seconds`, `compute.train_seconds`) and the clients' own
 per-message timing (`FEDMTL_CLIENT_TIMING`, see client/timing.py), and reports
@@ -74,6 +77,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from client.timing import TIMING_ENV  # noqa: E402
+from launch.clientapp_forkserver import UNPACK_ENV  # noqa: E402
 from launch.processes import free_port  # noqa: E402
 
 FEDMTL = [sys.executable, "-m", "fedmtl.cli"]
@@ -92,6 +96,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Flower's object store: the messages' objects in the SuperLink's database (fedmtl: in memory)
     "one-message-db": {"executor": "fork", "task_poll": None, "pull_hold": 20.0, "evaluate_in_train": True,
                        "reply_poll": None, "objects": "database"},
+    # every ClientApp unpacks and re-hashes the app bundle, as Flower's runtime does (fedmtl: once a node)
+    "one-message-unpack": {"executor": "fork", "task_poll": None, "pull_hold": 20.0, "evaluate_in_train": True,
+                           "reply_poll": None, "client_env": {UNPACK_ENV: "1"}},
 }
 
 
@@ -278,7 +285,7 @@ def run_variant(name: str, setup: Setup, rounds: int, timeout: float) -> Variant
                 *(["--task-poll", settings["task_poll"]] if settings["task_poll"] is not None else []),
                 *(["--reply-poll", settings["reply_poll"]] if settings["reply_poll"] is not None else [])],
                 vroot / f"client_{i}.log",
-                env={TIMING_ENV: str(timing_file)}))
+                env={TIMING_ENV: str(timing_file), **settings.get("client_env", {})}))
         rc = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -9,8 +9,10 @@ and the figures come from benchmarks/bench_deployment.py.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -300,6 +302,52 @@ def test_flower_executor_keeps_flowers_superexec_with_a_short_poll(tmp_path: Pat
         _node(tmp_path, executor="threads")
     with pytest.raises(ValueError, match="between 0.01 and 60"):
         _node(tmp_path, task_poll_s=0.001)
+
+
+def test_fork_server_unpacks_each_bundle_once_per_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tasks forked after a bundle was installed get its folder without unpacking it again; an
+    unknown bundle, a record whose folder is gone or a forged record all go through Flower's own
+    install (which verifies the bundle)."""
+    from flwr.cli import install as flower_install
+    from flwr.cli.build import build_fab_from_disk
+    from flwr.supernode.runtime import run_clientapp as runtime
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
+    unpacked: list[str] = []
+    real = flower_install.install_from_fab
+    monkeypatch.setattr(flower_install, "install_from_fab", lambda fab, *a: unpacked.append("x") or real(fab, *a))
+    monkeypatch.setattr(runtime, "install_from_fab", flower_install.install_from_fab)
+    assert fs.install_once()
+    fabs = []
+    for version in ("1.0.0", "1.0.1"):
+        app = tmp_path / f"app{version}"
+        app.mkdir()
+        (app / "pyproject.toml").write_text(
+            '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+            f'[project]\nname = "tinyapp"\nversion = "{version}"\n'
+            '[tool.flwr.app]\npublisher = "fedmtl"\n[tool.flwr.app.components]\n'
+            'serverapp = "tinyapp.server:app"\nclientapp = "tinyapp.client:app"\n')
+        (app / "tinyapp").mkdir()
+        (app / "tinyapp" / "client.py").write_text("app = None\n")
+        fabs.append(build_fab_from_disk(app))
+    install = runtime.install_from_fab
+    first = install(fabs[0], skip_prompt=True)
+    assert first.is_dir() and (first / "tinyapp" / "client.py").is_file() and len(unpacked) == 1
+    assert install(fabs[0], skip_prompt=True) == first and len(unpacked) == 1  # the next task: no unpacking
+    second = install(fabs[1], skip_prompt=True)  # another bundle: Flower's install
+    assert second != first and len(unpacked) == 2
+    records = tmp_path / "home" / fs.INSTALLED_DIR
+    assert sorted(p.name for p in records.iterdir()) == sorted(hashlib.sha256(f).hexdigest() for f in fabs)
+    # a record naming another bundle's folder, or a folder outside the apps folder, is not believed
+    (records / hashlib.sha256(fabs[0]).hexdigest()).write_text(second.name)
+    (records / hashlib.sha256(fabs[1]).hexdigest()).write_text("../../elsewhere." + second.name[-8:])
+    assert install(fabs[0], skip_prompt=True) == first and install(fabs[1], skip_prompt=True) == second
+    assert len(unpacked) == 4
+    shutil.rmtree(first)  # removed by hand: installed again
+    assert install(fabs[0], skip_prompt=True) == first and first.is_dir() and len(unpacked) == 5
+    # a damaged bundle whose hash has no record is refused by Flower's verification as before
+    with pytest.raises(Exception, match="FAB|hash|zip|File"):
+        install(fabs[0][:-40], skip_prompt=True)
 
 
 def test_fork_server_never_preloads_app_code() -> None:

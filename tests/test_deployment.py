@@ -456,6 +456,11 @@ def test_coordinator_and_three_clients_complete_a_run(federation: Federation) ->
     stray = sorted(f for f in shipped if not (f in ("pyproject.toml", "README.md") or f.startswith(".info/")
                                                or (f.endswith(".py") and f.split("/")[0] in packages)))
     assert not stray, stray
+    # ... and unpacked once: later tasks were given the folder (launch/clientapp_forkserver.py install_once)
+    from launch.clientapp_forkserver import INSTALLED_DIR
+
+    records = list((fed.root / "work_0" / "flwr_home" / INSTALLED_DIR).iterdir())
+    assert [r.read_text() for r in records] == [apps[0].name], records
     # Identities: the registry the ServerApp was given holds the three registered clients
     registry = json.loads((fed.run / "client_registry.json").read_text())
     assert sorted(registry.values()) == ["client_0", "client_1", "client_2"], registry
