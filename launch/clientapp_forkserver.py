@@ -143,8 +143,8 @@ def install_once() -> bool:
         if not (isinstance(fab_file, bytes) and install_dir is None and skip_prompt):
             return flower(fab_file, install_dir, skip_prompt)
         digest = hashlib.sha256(fab_file).hexdigest()
-        apps = get_flwr_home() / APP_DIR
-        record = get_flwr_home() / INSTALLED_DIR / digest
+        home = get_flwr_home()
+        apps, record = home / APP_DIR, home / INSTALLED_DIR / digest
         try:
             folder = apps / record.read_text(encoding="utf-8").strip()
             if folder.name.endswith(digest[:FAB_HASH_TRUNCATION]) and folder.parent == apps and folder.is_dir():
