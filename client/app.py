@@ -92,8 +92,10 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune the received group model on the tasks of the group this client holds (and,
-    when the message asks, score it on the test split first: `P.EVALUATE_FIRST`)."""
+    when the message asks, score it on the test split first: `P.EVALUATE_FIRST`). A probe
+    (`P.MEASURE_ONLY`) only measures: its reply carries the gradient summaries and no model."""
     cfg = _config(msg)
+    probe = bool(cfg.get(P.MEASURE_ONLY, False))
     data = _data(context, cfg)
     tasks = [t for t in cfg["tasks"] if t in data]
     if not tasks:
@@ -109,10 +111,11 @@ def train(msg: Message, context: Context) -> Message:
         optimizer=str(cfg.get("optimizer", "sgd")),
         seed=_node_seed(cfg, context),
         device=str(cfg.get("device", "auto")),
+        measure_only=probe,
         **_affinity_config(cfg),
     )
     scores = None
-    if cfg.get(P.EVALUATE_FIRST):  # the model as received, before any training
+    if cfg.get(P.EVALUATE_FIRST) and not probe:  # the model as received, before any training
         started = time.perf_counter()
         scores = _scores(model, data, tasks, cfg)
         scores[P.EVAL_SECONDS] = time.perf_counter() - started
@@ -133,6 +136,8 @@ def train(msg: Message, context: Context) -> Message:
         arrays, grad_metrics = result.gradients.to_wire()
         metrics.update(grad_metrics)
         records[P.AFFINITY] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    if probe:
+        return Message(RecordDict({P.METRICS: MetricRecord(metrics), **records}), reply_to=msg)
     # Packed in the order of the model it was sent: the coordinator expects exactly that layout.
     trained = model.state_dict()
     state = {k: trained[k] for k in sent if k in trained} | {k: v for k, v in trained.items() if k not in sent}

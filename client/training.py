@@ -14,6 +14,9 @@ train config asks for it (`affinity_method`), in one or both of two ways:
 * "virtual-step": every `affinity_every` steps, exact TAG lookahead and gradient cosine between
   the client's tasks on the same batches (needs two tasks on the client).
 
+`measure_gradients` is the probe (`measure_only`): the same gradient window taken at the received
+model, with no optimizer step, for a client asked only so that its task's pairs get measured.
+
 Measurement time is kept apart from training time so the coordinator can report its cost.
 """
 
@@ -52,6 +55,7 @@ class TrainConfig:
     affinity_steps: int = 10  # gradients: task-step budget; accumulate over the first ceil(N / tasks) steps
     affinity_sketch_dim: int = 2048  # gradients: sketch size (exact gradient when the body is smaller)
     affinity_sketch_seed: int = 0  # gradients: the round's sketch seed, the same for every client
+    measure_only: bool = False  # a probe: gradient summaries at the received model, no training
     device: str = "cpu"
 
 
@@ -130,6 +134,8 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
     if missing:
         raise ValueError(f"tasks {missing} have no local data or no head in the received model")
     method = check_method(cfg.affinity_method)
+    if cfg.measure_only:
+        return measure_gradients(model, data, tasks, cfg)
     device = resolve_device(cfg.device)
     model.to(device).train()
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -183,6 +189,46 @@ def train_multitask(model: MultiTaskModel, data: dict[str, TaskData], tasks: lis
         affinity_seconds=affinity_seconds,
         lookahead=lookahead,
         cosine=cosine,
+        gradients=report,
+    )
+
+
+def measure_gradients(model: MultiTaskModel, data: dict[str, TaskData], tasks: list[str], cfg: TrainConfig) -> TrainResult:
+    """A probe: each task's body-gradient summary over the window a training client with these
+    tasks would accumulate (`window_steps`), all taken at the received model; no optimizer step.
+
+    Why: with one dataset per client and a few clients sampled a round (ColD Fusion's setting),
+    a task whose holder was not drawn has no pair measured. Asking its holder to train as well
+    costs a whole local training; a probe costs `window` forward-backward passes and leaves the
+    round's fusion to the clients that were drawn. The weights are left as received (dropout
+    stays on, as in the training window, so the summaries are taken the same way).
+    """
+    if not (measures_gradients(check_method(cfg.affinity_method)) and cfg.affinity_steps > 0):
+        raise ValueError(f"a measure-only message must ask for gradient summaries (affinity-method "
+                         f"{cfg.affinity_method!r}, affinity-steps {cfg.affinity_steps})")
+    device = resolve_device(cfg.device)
+    model.to(device).train()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    streams = {t: _TaskStream(data[t], cfg.batch_size, generator, device) for t in tasks}
+    window = window_steps(cfg.affinity_steps, len(tasks))
+    grads = TaskGradients(model, tasks, window)
+    loss_sums = {t: 0.0 for t in tasks}
+    start = time.perf_counter()
+    for _ in range(window):
+        batches = {t: streams[t].next() for t in tasks}
+        model.zero_grad(set_to_none=True)
+        losses = {t: F.cross_entropy(model(x, t), y) for t, (x, y) in batches.items()}
+        _per_task_backward(model, losses, grads, {t: len(y) for t, (_, y) in batches.items()})
+        for t, loss in losses.items():
+            loss_sums[t] += float(loss.detach())
+    model.zero_grad(set_to_none=True)
+    report = grads.report(cfg.affinity_sketch_dim, cfg.affinity_sketch_seed)
+    return TrainResult(
+        examples={t: data[t].num_train for t in tasks},
+        mean_loss={t: loss_sums[t] / window for t in tasks},
+        steps=window,
+        train_seconds=0.0,
+        affinity_seconds=time.perf_counter() - start,
         gradients=report,
     )
 

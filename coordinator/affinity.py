@@ -49,6 +49,12 @@ class AffinityBook:
         self.trackers = {s: self._new() for s in SIGNALS}
         self.coverage = PairCoverage.empty(self.tasks)
 
+    @property
+    def probes(self) -> bool:
+        """Whether rounds that sample add their coverage holders as measure-only probes: only
+        gradient summaries can be taken without training (`affinity-coverage = "probe"`)."""
+        return self.cfg.affinity_coverage == "probe" and self.dim > 0
+
     def measuring(self, round_: int) -> bool:
         return self.cfg.affinity_method != "none" and (self.cfg.affinity_monitor or self.plan.measures(round_))
 
@@ -69,7 +75,8 @@ class AffinityBook:
 
     def update(self, round_: int, results: TrainResults, outcome: RoundOutcome) -> None:
         """Pool this round's valid measurements per task and signal, and track them."""
-        replies = sorted((rep for reps in results.valid.values() for rep in reps), key=lambda rep: rep.update.node_id)
+        replies = sorted((rep for by_group in (results.valid, results.probes) for reps in by_group.values() for rep in reps),
+                         key=lambda rep: rep.update.node_id)
         # pooled in a fixed order (by client name), not the order replies happened to arrive in
         reports = sorted((rep.gradients for rep in replies if rep.gradients is not None), key=lambda g: (g.client, g.group))
         virtual = [rep.affinity for rep in replies if rep.affinity]

@@ -22,6 +22,7 @@ MODES = ("all-in-one", "separate", "mas", "dynamic")
 FUSIONS = ("uniform", "examples")
 AGGREGATORS = ("mean", "median", "trimmed-mean")
 AFFINITY_AVERAGES = ("mean", "window", "ema")
+AFFINITY_COVERAGES = ("probe", "train", "none")  # coordinator/schedule.py: task_coverage
 OPTIMIZERS = ("sgd", "adamw")
 HEAD_INITS = ("independent", "shared")  # coordinator/groups.py: initial_model
 TRACKING_BACKENDS = ("tensorboard", "mlflow")  # coordinator/tracking.py implements them
@@ -72,6 +73,9 @@ class RunConfig:
     affinity_batch_size: int = 0  # virtual-step: 0 = the training batch; larger = less noisy measurements
     affinity_signal: str = "cosine"  # the split reads: cosine (default: steadiest on planted suites) or lookahead (TAG)
     affinity_monitor: bool = False  # also measure in rounds no split reads (any mode)
+    # sampled rounds that measure: a holder of every undrawn task of a merged group is added as a
+    # probe (gradient summaries only, no training: the default), as a trainer ("train"), or not at all
+    affinity_coverage: str = "probe"
     affinity_average: str = "mean"  # over measured rounds: mean (MAS), window (last N) or ema
     affinity_window: int = 5
     affinity_ema: float = 0.5
@@ -140,6 +144,7 @@ class RunConfig:
         need(self.affinity_steps >= 0, "affinity-steps", "must be >= 0")
         need(1 <= self.affinity_sketch_dim <= 1 << 20, "affinity-sketch-dim", "must be in [1, 1048576]")
         need(self.affinity_sketch_seed >= 0, "affinity-sketch-seed", "must be >= 0")
+        need(self.affinity_coverage in AFFINITY_COVERAGES, "affinity-coverage", f"must be one of {AFFINITY_COVERAGES}")
         need(self.affinity_average in AFFINITY_AVERAGES, "affinity-average", f"must be one of {AFFINITY_AVERAGES}")
         need(self.rounds >= 1, "rounds", "must be >= 1")
         need(0.0 < self.fraction <= 1.0, "fraction", "must be in (0, 1]")

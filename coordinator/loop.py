@@ -47,8 +47,8 @@ from coordinator.groups import initial_model, split_groups
 from coordinator.history import History
 from coordinator.messaging import Exchange, Outbox
 from coordinator.record import ModelStore, progress_line
-from coordinator.schedule import assign, with_coverage
-from coordinator.state import RoundOutcome, TaskGroup
+from coordinator.schedule import assign, probes, task_coverage, with_coverage
+from coordinator.state import ClientInfo, RoundOutcome, TaskGroup
 from coordinator.tracking import Trackers, open_trackers
 from coordinator.train import TrainResults, train
 from strategies.affinity import body_num_params, measures_gradients
@@ -173,10 +173,18 @@ class Coordinator:
             met = self.roster.pool(self.exchange, outbox, sorted(set(drawn) | set(evaluators or ())), r, outcome)
             pool = {n: met[n] for n in drawn if n in met}
             live = self.roster.live(online)
+            probing: dict[int, ClientInfo] = {}
             if self.cfg.fraction < 1.0:
-                pool = with_coverage(self.groups, pool, live, self.cfg.seed, r, every_task=self.affinity.measuring(r))
+                pool = with_coverage(self.groups, pool, live, self.cfg.seed, r)
+                if self.affinity.measuring(r) and self.cfg.affinity_coverage != "none":
+                    covering = task_coverage(self.groups, pool, live, self.cfg.seed, r)
+                    if self.affinity.probes:
+                        probing = covering
+                    else:
+                        pool = pool | covering
         with _phase(outcome, "schedule"):
             work, self.scheduler = assign(self.groups, pool, self.cfg, r, self.scheduler, outcome)
+            work += probes(self.groups, probing)
         with _phase(outcome, "train"):
             results = train(self.exchange, outbox, work, self.roster, live, self.cfg, outcome,
                             lambda g: self.affinity.ask(g, r), self.policy, evaluate=self.deferred is not None)
@@ -282,6 +290,12 @@ class Coordinator:
                 "affinity_seconds": sum(rep.affinity_seconds for rep in replies),
                 "examples": dict(examples),
             }
+        for g in self.groups:  # measure-only replies: their compute is affinity measurement
+            probed = results.probes.get(g.gid, [])
+            if probed:
+                d = per_group[str(g.gid)]
+                d["probes"] = sorted(self.roster.name_of(rep.update.node_id) for rep in probed)
+                d["affinity_seconds"] += sum(rep.affinity_seconds + rep.train_seconds for rep in probed)
         outcome.assignments = {gid: d["clients"] for gid, d in per_group.items()}
         outcome.clients = sorted({c for d in per_group.values() for c in d["clients"]})
         totals: dict[str, int] = defaultdict(int)
@@ -292,6 +306,7 @@ class Coordinator:
             "train_seconds": sum(d["train_seconds"] for d in per_group.values()),
             "affinity_seconds": sum(d["affinity_seconds"] for d in per_group.values()),
             "examples": dict(totals),
+            "probes": sorted({c for d in per_group.values() for c in d.get("probes", [])}),
             "groups": per_group,
         }
 

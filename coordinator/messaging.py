@@ -43,6 +43,7 @@ class Sent:
     groups: dict[int, tuple[str, ...]] = field(default_factory=dict, compare=False)  # evaluate: gid -> tasks
     attempt: int = 0
     evaluate: bool = False  # train: the client scores the received model first (`P.EVALUATE_FIRST`)
+    probe: bool = False  # train: measure only (`P.MEASURE_ONLY`); the reply carries no model
 
 
 def base_config(cfg: RunConfig, round_: int) -> dict:
@@ -91,21 +92,25 @@ class Outbox:
         return Message(content, dst_node_id=node, message_type=P.QUERY), Sent(P.QUERY, node)
 
     def train(self, node: int, group: TaskGroup, tasks: list[str], extra: dict, attempt: int = 0,
-              evaluate: bool = False) -> tuple[Message, Sent]:
+              evaluate: bool = False, probe: bool = False) -> tuple[Message, Sent]:
         """Train `tasks` (the group's tasks this client holds) starting from the group's model.
 
         `extra` carries the round's training and measurement settings (see `coordinator.train`);
         with `evaluate` the client first scores the model it received on those tasks' test split
-        (the previous round's evaluation, travelling with this round's training).
+        (the previous round's evaluation, travelling with this round's training); a `probe` only
+        measures the gradient summaries `extra` asks for, at the group's model.
         """
         config = base_config(self.cfg, self.round) | {"group": group.gid, "tasks": list(tasks)} | extra
-        if evaluate:
+        if probe:
+            config[P.MEASURE_ONLY] = True
+        elif evaluate:
             config[P.EVALUATE_FIRST] = True
         arrays, layout = self.model_records(group)
         config |= layout_entries(layout, P.LAYOUT)
         content = RecordDict({P.MODEL: arrays, P.CONFIG: ConfigRecord(config)})
         msg = Message(content, dst_node_id=node, message_type=P.TRAIN, group_id=train_group_id(self.round, group.gid))
-        return msg, Sent(P.TRAIN, node, group.gid, tuple(tasks), attempt=attempt, evaluate=evaluate)
+        return msg, Sent(P.TRAIN, node, group.gid, tuple(tasks), attempt=attempt, evaluate=evaluate and not probe,
+                         probe=probe)
 
     def evaluate(self, node: int, groups: list[tuple[TaskGroup, list[str]]]) -> tuple[Message, Sent]:
         """One message evaluates every group this client holds tasks of (one packed model each)."""

@@ -1,6 +1,6 @@
 """Every reply from a client is untrusted input: read it here, check it, and never raise.
 
-`read_query`, `read_train` and `read_evaluate` each take a Flower reply and the `Sent` record of
+`read_query`, `read_train`, `read_probe` and `read_evaluate` each take a Flower reply and the `Sent` record of
 the message it answers (matched by Flower's reply-to id, see `coordinator.messaging`), and
 return either the decoded result or a `Refused` naming every problem. Nothing a client writes
 decides which group a reply belongs to, how many examples it weighs, or how much memory it
@@ -342,6 +342,57 @@ def read_train(
         return Refused(problems)
     body, heads = split_state(state)
     body = {k: body[k] for k in group.body if k in body} | {k: v for k, v in body.items() if k not in group.body}
+    examples, losses, seconds, steps, problems = _bookkeeping(metrics, asked, client)
+    update = ClientUpdate(node_id=sent.node, body=body, heads=heads, examples=examples)  # type: ignore[arg-type]
+    problems += policy.check(group.body, {t: group.heads[t] for t in asked}, asked, update)
+    plain = dict(metrics)
+    affinity, more = _read_affinity_stats(plain, asked, steps, ask)
+    problems += more
+    gradients, more = _read_gradient_report(records.get(P.AFFINITY), plain, asked, steps, ask, client.name, sent.gid)
+    problems += more
+    scores: dict[str, dict[str, float]] = {}
+    if sent.evaluate:
+        scores, more = read_scores(records[P.EVALUATION], asked, client, P.EVALUATION)
+        problems += more
+    if problems:
+        return Refused(problems)
+    return TrainReply(update, losses, seconds[P.TRAIN_SECONDS], seconds[P.AFFINITY_SECONDS], steps, affinity,
+                      gradients, scores)
+
+
+def read_probe(reply: Message, sent: Sent, client: ClientInfo, ask: AffinityAsk,
+               max_metrics: int = MAX_ENTRIES) -> TrainReply | Refused:
+    """A probe's reply (`P.MEASURE_ONLY`): the gradient summaries it was asked for and their
+    bookkeeping, or why not. It may carry no model (nothing of a probe is fused) and must carry
+    the summaries (they are all a probe is for); they are checked as a training client's are."""
+    problems = _check_origin(reply, sent)
+    records, more = _records(reply, {P.METRICS: MetricRecord, P.AFFINITY: ArrayRecord}, {P.METRICS, P.AFFINITY})
+    no_model = f"unexpected record {P.MODEL!r}"
+    problems += [f"{p} (a measure-only reply carries no model)" if p == no_model else p for p in more]
+    if problems:
+        return Refused(problems)
+    metrics = records[P.METRICS]
+    if len(metrics) > max_metrics:
+        return Refused([f"metrics: {len(metrics)} entries, more than the {max_metrics} a reply may carry"])
+    asked = list(sent.tasks)
+    _, losses, seconds, steps, problems = _bookkeeping(metrics, asked, client)
+    plain = dict(metrics)
+    if any(k.startswith(f"{signal}.") for signal in SIGNALS for k in plain):
+        problems.append("affinity: virtual-step measurements a probe was not asked for")
+    gradients, more = _read_gradient_report(records[P.AFFINITY], plain, asked, steps, ask, client.name, sent.gid)
+    problems += more
+    if gradients is None and not problems:
+        problems.append("affinity: no gradient summary, which is all a probe is for")
+    if problems:
+        return Refused(problems)
+    update = ClientUpdate(node_id=sent.node, body={}, heads={}, examples={})
+    return TrainReply(update, losses, seconds[P.TRAIN_SECONDS], seconds[P.AFFINITY_SECONDS], steps, gradients=gradients)
+
+
+def _bookkeeping(metrics, asked: list[str], client: ClientInfo) -> tuple[dict, dict[str, float], dict[str, float], int, list[str]]:
+    """(examples, losses, seconds, steps, problems) of a train or probe reply's METRICS: counts
+    bounded by what the client declared when it joined, finite losses, non-negative seconds."""
+    problems: list[str] = []
     examples: dict[str, object] = {}
     losses: dict[str, float] = {}
     for t in asked:
@@ -367,21 +418,7 @@ def read_train(
     if not _is_count(steps):
         problems.append(f"{P.STEPS} = {short(steps)!r} is not a non-negative integer")
         steps = 0
-    update = ClientUpdate(node_id=sent.node, body=body, heads=heads, examples=examples)  # type: ignore[arg-type]
-    problems += policy.check(group.body, {t: group.heads[t] for t in asked}, asked, update)
-    plain = dict(metrics)
-    affinity, more = _read_affinity_stats(plain, asked, int(steps), ask)
-    problems += more
-    gradients, more = _read_gradient_report(records.get(P.AFFINITY), plain, asked, int(steps), ask, client.name, sent.gid)
-    problems += more
-    scores: dict[str, dict[str, float]] = {}
-    if sent.evaluate:
-        scores, more = read_scores(records[P.EVALUATION], asked, client, P.EVALUATION)
-        problems += more
-    if problems:
-        return Refused(problems)
-    return TrainReply(update, losses, seconds[P.TRAIN_SECONDS], seconds[P.AFFINITY_SECONDS], int(steps), affinity,
-                      gradients, scores)
+    return examples, losses, seconds, int(steps), problems
 
 
 def _read_affinity_stats(metrics: dict, tasks: list[str], steps: int,

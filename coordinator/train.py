@@ -3,8 +3,11 @@
 Replies stream in (`Exchange.collect`); each one is checked (`coordinator.replies.read_train`)
 and, if fit, folded into its group's fuser at once, after which its tensors are dropped: the
 coordinator holds one accumulator per group, not every client's model. A group short of a
-quorum of valid replies is retried with other clients (`max-retries`). Failed, dropped and
-rejected clients are named in the round's outcome; nothing a client sends raises out of here.
+quorum of valid replies is retried with other clients (`max-retries`). Probes (measure-only work
+items, `coordinator.schedule.probes`) go out with the first attempt; their replies carry
+gradient summaries for the affinity step and never reach a fuser, a quorum or a retry. Failed,
+dropped and rejected clients are named in the round's outcome; nothing a client sends raises
+out of here.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from coordinator.affinity_ask import AffinityAsk
 from coordinator.config import RunConfig
 from coordinator.discovery import Roster
 from coordinator.messaging import Exchange, Outbox, Sent, error_text
-from coordinator.replies import Refused, TrainReply, read_train
+from coordinator.replies import Refused, TrainReply, read_probe, read_train
 from coordinator.schedule import Work
 from coordinator.state import ClientInfo, RoundOutcome, TaskGroup
 from strategies.fusion import GroupFusion
@@ -34,6 +37,7 @@ class TrainResults:
     fusers: dict[int, GroupFusion]
     sampled: dict[int, int]  # gid -> clients first asked to train it
     valid: dict[int, list[TrainReply]] = field(default_factory=lambda: defaultdict(list))  # tensors dropped
+    probes: dict[int, list[TrainReply]] = field(default_factory=lambda: defaultdict(list))  # measure-only replies
     scores: list[tuple[str, dict[str, dict[str, float]]]] = field(default_factory=list)  # (client, its test scores)
 
     def quorum(self, gid: int, share: float) -> int:
@@ -68,11 +72,12 @@ def train(
         fusers={gid: GroupFusion(g.body, g.heads, cfg.fusion, cfg.aggregator, cfg.trim_fraction, cfg.clip_norm,
                                  spill_dir=spill / f"group-{gid}")
                 for gid, g in groups.items()},
-        sampled=dict(_count(w.group.gid for w in work)),
+        sampled=dict(_count(w.group.gid for w in work if not w.probe)),
     )
     base = training_config(cfg)
     asks = {gid: measure(g) for gid, g in groups.items()}
     extra = {gid: base | asks[gid].to_config() for gid in groups}
+    work = [w for w in work if not w.probe or asks[w.group.gid].gradients]  # a probe measures gradients or nothing
     tried: dict[int, set[int]] = defaultdict(set)
     load: dict[int, int] = defaultdict(int)
     pending = work
@@ -83,18 +88,22 @@ def train(
             tried[w.group.gid].add(w.node)
             load[w.node] += 1
         for gid, fuser in results.fusers.items():  # the order the mean folds replies in: the order sent
-            fuser.expect([roster.name_of(w.node) for w in pending if w.group.gid == gid])
-        outgoing = [outbox.train(w.node, w.group, w.tasks, extra[w.group.gid], attempt, evaluate) for w in pending]
+            fuser.expect([roster.name_of(w.node) for w in pending if w.group.gid == gid and not w.probe])
+        outgoing = [outbox.train(w.node, w.group, w.tasks, extra[w.group.gid], attempt, evaluate, w.probe)
+                    for w in pending]
         pushed, refused = exchange.push(outgoing)
         for sent, reply in exchange.collect(pushed, timeout=cfg.round_timeout):
-            _take(sent, reply, groups[sent.gid], asks[sent.gid], roster, policy, results, outcome)
+            take = _take_probe if sent.probe else _take
+            take(sent, reply, groups[sent.gid], asks[sent.gid], roster, policy, results, outcome)
         for sent in refused + list(pushed.values()):
             name = roster.name_of(sent.node)
-            results.fusers[sent.gid].skip(name)
-            outcome.dropped.append({"node": sent.node, "client": name, "group": sent.gid,
+            if not sent.probe:
+                results.fusers[sent.gid].skip(name)
+            what = "probe" if sent.probe else "client"
+            outcome.dropped.append({"node": sent.node, "client": name, "group": sent.gid, "probe": sent.probe,
                                     "reason": f"no reply within {cfg.round_timeout:.0f}s"})
-            outcome.events.append(f"client {name} did not answer group {sent.gid}")
-            roster.log(f"  client {name} (node {sent.node}) did not answer group {sent.gid} within {cfg.round_timeout:.0f}s")
+            outcome.events.append(f"{what} {name} did not answer group {sent.gid}")
+            roster.log(f"  {what} {name} (node {sent.node}) did not answer group {sent.gid} within {cfg.round_timeout:.0f}s")
         pending = _retries(groups, live, results, tried, load, cfg, outcome) if attempt < cfg.max_retries else []
         for w in pending:
             outcome.events.append(f"retry group {w.group.gid} with client {live[w.node].name}")
@@ -126,6 +135,24 @@ def _take(sent: Sent, reply, group: TaskGroup, ask: AffinityAsk, roster: Roster,
     results.valid[sent.gid].append(parsed)
     if parsed.scores:
         results.scores.append((name, parsed.scores))
+
+
+def _take_probe(sent: Sent, reply, group: TaskGroup, ask: AffinityAsk, roster: Roster, policy: ValidationPolicy,
+                results: TrainResults, outcome: RoundOutcome) -> None:
+    """Check one probe's reply (summaries only) and keep it for the affinity step, or record why not."""
+    node, name = sent.node, roster.name_of(sent.node)
+    if reply.has_error():
+        text = error_text(reply)
+        outcome.errors.append({"node": node, "client": name, "group": sent.gid, "error": text, "probe": True})
+        roster.log(f"  probe {name} (node {node}) failed in group {sent.gid}: {text}")
+        return
+    client = roster.clients.get(node)
+    parsed = Refused([f"node {node} is not a known client"]) if client is None else read_probe(reply, sent, client, ask)
+    if isinstance(parsed, Refused):
+        outcome.reject(node, name, sent.gid, parsed.reasons, "probe")
+        roster.log(f"  rejected probe of {name} (node {node}) for group {sent.gid}: {'; '.join(parsed.reasons[:3])}")
+        return
+    results.probes[sent.gid].append(parsed)
 
 
 def _retries(groups: dict[int, TaskGroup], live: dict[int, ClientInfo], results: TrainResults,

@@ -60,6 +60,11 @@ CFG_AFFINITY_SKETCH_DIM = "affinity-sketch-dim"  # gradients: sketch size d (exa
 CFG_AFFINITY_SKETCH_SEED = "affinity-sketch-seed"  # gradients: this round's sketch seed (same for all clients)
 CFG_AFFINITY_EVERY = "affinity-every"  # virtual-step: measure every k-th step
 CFG_AFFINITY_BATCH_SIZE = "affinity-batch-size"  # virtual-step: probe batch size (0 = training batch)
+# A train message with MEASURE_ONLY = True is a probe (run-config `affinity-coverage = "probe"`):
+# the client takes its gradient summaries at the model it was sent, over the same window of steps
+# a training client accumulates, and takes no optimizer step. Its reply carries METRICS and the
+# AFFINITY record only, never a MODEL: a probe adds a task to the round's affinity, not to fusion.
+MEASURE_ONLY = "measure-only"
 
 # Train reply: per-task gradient summaries travel in their own ArrayRecord AFFINITY, one float32
 # 1-D array "grad.<task>" of length min(P, d) per measured task; their bookkeeping in METRICS:

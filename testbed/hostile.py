@@ -89,6 +89,15 @@ BEHAVIOURS = {
     "t-wire-dtype": "the float32 array's bytes declared as float64",
     "t-npy-header": "the flat array's npy header claims 10^12 elements",
     "t-eval-unasked": "test scores in a train reply that asked for none",
+    # probes (measure-only train messages, `affinity-coverage = "probe"`); honest to other messages
+    "p-model": "a probe reply that carries a model (its received weights x 100), to be fused",
+    "p-no-summary": "a probe reply without its gradient summaries",
+    "p-virtual": "virtual-step affinity in a probe reply",
+    "p-grad-huge": "a probe's gradient summaries scaled by 1e8",
+    "p-grad-dim": "a probe's gradient summaries one entry short",
+    "p-grad-seed": "a probe's summaries sketched with another seed than the round's",
+    "p-grad-counts": "steps and examples behind a probe's summaries inflated 1000x",
+    "p-grad-foreign": "a probe's gradient summary for a task it was not asked to measure",
     # train, with the received model's test scores asked for (run-config `evaluate-in-train`)
     "v-missing": "no scores record, though the message asked for one",
     "v-type": "the scores as a ConfigRecord",
@@ -178,6 +187,8 @@ def train(msg: Message, context: Context) -> Message:
         other = Message(RecordDict(), dst_node_id=msg.metadata.dst_node_id, message_type=P.TRAIN)
         other.metadata.__dict__["_message_id"] = "not-a-message-the-coordinator-sent"
         return Message(reply.content, reply_to=other)
+    if dict(msg.content[P.CONFIG]).get(P.MEASURE_ONLY):
+        return _forged_probe(evil, reply, msg)
     metrics = dict(reply.content[P.METRICS])
     state = reply_state(reply, msg)
     body_key = next(k for k in state if k.startswith("body.") and state[k].is_floating_point())
@@ -247,6 +258,25 @@ def train(msg: Message, context: Context) -> Message:
         records = dict(reversed(list(records.items())))
         records[P.METRICS] = MetricRecord(dict(reversed(list(metrics.items()))))
         records[P.MODEL] = ArrayRecord(dict(reversed(list(records[P.MODEL].items()))))
+    return _rebuild(reply, msg, records)
+
+
+def _forged_probe(evil: set[str], reply: Message, msg: Message) -> Message:
+    """The honest reply to a probe (metrics and gradient summaries, no model), forged."""
+    records = dict(reply.content.items())
+    metrics = dict(records[P.METRICS])
+    tasks = list(dict(msg.content[P.CONFIG])["tasks"])
+    grad_forgery = next((b[len("p-grad-"):] for b in evil if b.startswith("p-grad-")), None)
+    if grad_forgery:
+        records[P.AFFINITY], metrics = _forged_summaries(grad_forgery, records.get(P.AFFINITY), metrics, tasks)
+    if "p-virtual" in evil:
+        metrics |= {f"cosine.sum.{tasks[0]}.{tasks[-1]}": 0.5, f"cosine.count.{tasks[0]}.{tasks[-1]}": 1}
+    records[P.METRICS] = MetricRecord(metrics)
+    if "p-model" in evil:
+        sent = honest.received_state(msg)
+        records[P.MODEL] = honest.packed_update({k: v * 100 if v.is_floating_point() else v for k, v in sent.items()})
+    if "p-no-summary" in evil:
+        records.pop(P.AFFINITY, None)
     return _rebuild(reply, msg, records)
 
 

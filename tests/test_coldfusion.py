@@ -115,6 +115,25 @@ def test_report_tables_and_gains_from_seed_results(tmp_path):
     assert paths["plot"].stat().st_size > 1000 and paths["csv"].read_text().count("\n") == 1 + 2 * (2 + 4)
 
 
+def test_seen_accuracy_per_client_compute_compares_plain_and_grouped(tmp_path):
+    """The compute-matched comparison: cumulative client steps (trainings and probe windows)
+    against seen accuracy, and where grouped first reaches plain's final accuracy."""
+    from experiments.coldfusion.report_grouped import compute_curves, compute_table, plot_compute
+
+    r = {"seed": 0, "config": {"contributors": 2, "local_steps": 10, "batch_size": 8},
+         "seen_curve": [{"iteration": i, "accuracy": {"a": acc, "b": acc}} for i, acc in enumerate((0.5, 0.6, 0.7))],
+         "grouped": {"clients_per_round": [[], ["c0"], ["c1", "c0"]], "probes_per_round": [[], ["c1"], []],
+                     "probe_steps": 5,
+                     "seen_accuracy_per_round": [{"a": 0.5, "b": 0.5}, {"a": 0.7, "b": 0.8}, {"a": 0.8, "b": None}]}}
+    curves = compute_curves(r)
+    assert curves["plain"] == ([0, 20, 40], [0.5, 0.6, 0.7])
+    assert curves["grouped"][0] == [0, 15, 35] and curves["grouped"][1] == pytest.approx([0.5, 0.75, 0.8])
+    table = compute_table([r])
+    assert "grouped reached it after 15 client steps (38% of plain's 40)" in table
+    assert plot_compute([r], tmp_path / "p.png").stat().st_size > 1000
+    assert compute_curves({"seed": 1, "config": r["config"], "grouped": {}}) is None  # older results: no curves
+
+
 @pytest.mark.slow
 def test_coldfusion_command_tiny_writes_table_plot_docs_and_export(tmp_path):
     doc = tmp_path / "doc.md"
@@ -137,13 +156,16 @@ def test_coldfusion_command_tiny_writes_table_plot_docs_and_export(tmp_path):
 def test_grouped_coldfusion_runs_through_the_round_loop(tmp_path):
     from experiments.coldfusion.grouped import run_grouped
 
-    cfg = replace(TINY, grouping="mas", contributors=3)
+    cfg = replace(TINY, grouping="mas", contributors=1)
     run = run_grouped(cfg, seed=0, workdir=tmp_path)
     s = run.summary
     assert len(s["groups_per_round"]) == cfg.iterations + 1
     assert set(run.body_of_task) == set(cfg.seen)
-    # one dataset per contributor: every pair the split reads is measured across clients
+    # one dataset per contributor, one contributor drawn a round: the measuring round adds the
+    # other two as measure-only probes, so every pair the split reads is measured across clients
     assert s["affinity_measured_rounds"] == cfg.split_round
-    assert s["affinity_coverage"]["same-client"] == 0 and s["affinity_coverage"]["cross-client"] > 0
+    assert s["affinity_coverage"] == {"same-client": 0, "cross-client": 6, "never": 0}
     assert sorted(t for g in s["final_groups"] for t in g) == sorted(cfg.seen)
-    assert s["client_trainings"] == cfg.iterations * len(cfg.seen)
+    assert [len(c) for c in s["clients_per_round"][1:]][0] == 1 and s["client_probes"] == 2
+    assert s["client_trainings"] <= cfg.iterations * 2  # what was drawn, plus a client for a group left without one
+    assert len(s["seen_accuracy_per_round"]) == cfg.iterations + 1

@@ -184,3 +184,43 @@ def test_forged_test_scores_sent_with_training_are_refused_named_and_change_noth
         assert history.rounds[r]["metrics"] == ref_history.rounds[r]["metrics"]
         assert any("evaluated by round" in e for e in history.rounds[r]["events"])
     _same_models(coordinator, ref_models)
+
+
+PROBE = sorted(b for b in hostile.BEHAVIOURS if b.startswith("p-"))
+PROBE_REASONS = {"p-model": "unexpected record 'model' (a measure-only reply carries no model)",
+                 "p-no-summary": "missing record 'affinity'", "p-virtual": "virtual-step measurements a probe"}
+
+
+def test_forged_probe_replies_are_refused_named_and_never_fused(tmp_path):
+    """One dataset per client, 2 of 8 drawn a round (ColD Fusion's setting), every round measuring:
+    each round adds the other holders as measure-only probes. Every client forges its probe replies (and
+    trains honestly): each forged probe is refused and named, nothing of it reaches fusion (the
+    models are bitwise those of the honest run: a probe's model, even one sent, is never read),
+    and the round's trainers are the same."""
+    from testbed.planted_mix import suite_name
+
+    suite = suite_name(num_groups=3, tasks_per_group=(3, 3, 2), train_per_task=64, teacher_seed=0, tasks_per_client=1)
+    settings = {"suite": suite, "mode": "all-in-one", "affinity-monitor": True, "rounds": 2, "fraction": 0.25, "min-clients": 8,
+                "local-steps": 3, "batch-size": 16, "lr": 0.1, "plots": False, "evaluate-every": 2}
+
+    def run(out, behaviours):
+        configs = [{"partition-id": i, "num-partitions": 8} | ({"hostile": behaviours[i]} if behaviours else {})
+                   for i in range(8)]
+        cfg = RunConfig.from_dict(settings | {"out": str(out)})
+        coordinator = Coordinator(InProcessGrid(8, node_configs=configs, client_app=hostile.app), cfg, log=lambda line: None)
+        return coordinator, coordinator.run()
+
+    ref_coordinator, ref_history = run(tmp_path / "reference", None)
+    coordinator, history = run(tmp_path / "hostile", PROBE)
+    for r in (1, 2):
+        probed = ref_history.rounds[r]["compute"]["probes"]
+        assert probed and not ref_history.rounds[r]["rejected"]
+        refused = {e["client"]: e["reasons"] for e in history.rounds[r]["rejected"]}
+        assert {e["kind"] for e in history.rounds[r]["rejected"]} == {"probe"}
+        assert sorted(refused) == probed and history.rounds[r]["compute"]["probes"] == []
+        for client, reasons in refused.items():
+            behaviour = PROBE[int(client.split("-")[1])]
+            want = PROBE_REASONS.get(behaviour, "affinity")
+            assert any(want in x for x in reasons), (behaviour, reasons)
+        assert history.rounds[r]["clients"] == ref_history.rounds[r]["clients"]
+    _same_models(coordinator, {g.gid: g.tensors() for g in ref_coordinator.groups})

@@ -42,6 +42,8 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--grouping": ("grouping", str, "none (plain ColD Fusion only), mas or dynamic (also grouped ColD Fusion)"),
     "--split-round": ("split_round", int, "grouped: iterations before the first split"),
     "--max-groups": ("max_groups", int, "grouped: at most this many groups"),
+    "--affinity-coverage": ("affinity_coverage", str, "grouped: the undrawn datasets' holders in measuring rounds: "
+                            "probe (measure only, the default), train, or none"),
     "--device": ("device", str, "cpu or cuda"),
 }
 
@@ -118,7 +120,7 @@ def _save_state(path: Path, body, heads, meta: dict) -> None:
     save_file(state, str(path), metadata={k: json.dumps(v) for k, v in meta.items()})
 
 
-def report_markdown(results: list[dict], cfg, out: Path, plot_name: str) -> str:
+def report_markdown(results: list[dict], cfg, out: Path, plot_name: str, compute_plot: str | None = None) -> str:
     """The generated part of docs/coldfusion.md: configuration, cost, tables, plot, grouped results."""
     from experiments.coldfusion.report import summary, tables_markdown  # noqa: PLC0415
 
@@ -153,7 +155,7 @@ def report_markdown(results: list[dict], cfg, out: Path, plot_name: str) -> str:
     if grouped:
         from experiments.coldfusion.report_grouped import grouped_markdown  # noqa: PLC0415
 
-        lines += ["", grouped_markdown(grouped, cfg), "", "Grouped ColD Fusion per dataset (seen datasets on their "
+        lines += ["", grouped_markdown(grouped, cfg, compute_plot), "", "Grouped ColD Fusion per dataset (seen datasets on their "
                   "group's body, held-out ones on the task-weighted mean of the group bodies):", "",
                   tables_markdown(grouped, "grouped")]
     return "\n".join(lines)
@@ -257,7 +259,8 @@ def _run(args: argparse.Namespace) -> int:
         bar.close()
     results.sort(key=lambda r: list(cfg.seeds).index(r["seed"]))
     paths = write_results(results, out)
-    block = report_markdown(results, cfg, out, paths["plot"].name)
+    compute_plot = paths.get("compute_plot")
+    block = report_markdown(results, cfg, out, paths["plot"].name, compute_plot.name if compute_plot else None)
     (out / "report.md").write_text(block + "\n")
     print(block)
     if args.docs is not None:
@@ -265,8 +268,12 @@ def _run(args: argparse.Namespace) -> int:
 
         plot = args.docs.parent / "coldfusion_heldout_gain.png"
         shutil.copyfile(paths["plot"], plot)
-        update_docs(args.docs, report_markdown(results, cfg, out, plot.name))
-        print(f"updated {args.docs} (and {plot})")
+        docs_compute = None
+        if compute_plot is not None:
+            docs_compute = args.docs.parent / "coldfusion_seen_per_compute.png"
+            shutil.copyfile(compute_plot, docs_compute)
+        update_docs(args.docs, report_markdown(results, cfg, out, plot.name, docs_compute.name if docs_compute else None))
+        print(f"updated {args.docs} (and {plot}{', ' + str(docs_compute) if docs_compute else ''})")
     if args.export is not None:
         from safetensors.torch import load_file  # noqa: PLC0415
 

@@ -14,7 +14,8 @@ from tasks.text.suite import HELD_OUT_TASKS, SEEN_TASKS, TextSuiteConfig
 
 GROUPINGS = ("none", "mas", "dynamic")
 # Fields only grouped ColD Fusion reads: plain results of a seed do not depend on them.
-GROUPED_FIELDS = ("grouping", "split_round", "max_groups", "regroup_every")
+GROUPED_FIELDS = ("grouping", "split_round", "max_groups", "regroup_every", "affinity_coverage")
+AFFINITY_COVERAGES = ("probe", "train", "none")  # coordinator.config: the run-config key affinity-coverage
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class ColdFusionConfig:
     split_round: int = 2
     max_groups: int = 2
     regroup_every: int = 3
+    # the undrawn datasets' holders in measuring rounds: measure-only probes, trainers, or absent
+    affinity_coverage: str = "probe"
     device: str = "cpu"
     extra: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
 
@@ -60,6 +63,8 @@ class ColdFusionConfig:
             raise ValueError("at least one seed is needed")
         if self.grouping not in GROUPINGS:
             raise ValueError(f"grouping must be one of {GROUPINGS}, got {self.grouping!r}")
+        if self.affinity_coverage not in AFFINITY_COVERAGES:
+            raise ValueError(f"affinity_coverage must be one of {AFFINITY_COVERAGES}, got {self.affinity_coverage!r}")
         if self.grouping != "none" and self.split_round >= self.iterations:
             raise ValueError(f"split_round ({self.split_round}) must be < iterations ({self.iterations}) to group")
         if self.fewshot_labels < 2 or self.curve_every < 1:

@@ -4,6 +4,7 @@
   {"seed", "config", "fusion": {"iterations": [...], "seconds_per_iteration", "body_shift"},
    "eval": {"plain": {dataset: {"split", "probe", "finetune", ["fewshot_probe", "fewshot_finetune"]}}},
    "original": {dataset: {same keys}}, "curve": [{"iteration", "probe": {d: acc}, "fewshot_probe": {d: acc}}],
+   "seen_curve": [{"iteration", "accuracy": {d: acc}}] (each seen dataset's own head on its test split),
    "grouped": {...} (when a grouping is asked for), "seconds": {...}}
 """
 
@@ -12,11 +13,12 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from client.training import TrainConfig
+from client.training import TrainConfig, evaluate_multitask
 from experiments.coldfusion.config import ColdFusionConfig
 from experiments.coldfusion.evaluate import Embedder, fewshot, fewshot_indices, finetune_accuracy, probe
 from experiments.coldfusion.plain import body_distance, run_plain
 from strategies.fusion import State
+from tasks.models import join_state
 from tasks.suite import Suite, TaskData
 from tasks.text.suite import TEXT_TASKS, dataset, make_text_suite
 
@@ -82,6 +84,17 @@ def evaluate_body(
     return out
 
 
+def seen_accuracy(suite: Suite, body: State, heads: dict[str, State], seen: dict[str, TaskData],
+                  device: str = "cpu") -> dict[str, float]:
+    """Each seen dataset's test accuracy with the shared body and its contributor's head: what the
+    federation itself serves (no probe, no finetune), the quantity the grouped round loop
+    records every round, so the two compare per unit of client compute."""
+    tasks = [t for t in seen if t in heads]
+    model = suite.build_model(tasks)
+    model.load_state_dict(join_state(body, {t: heads[t] for t in tasks}), strict=True)
+    return {t: r["accuracy"] for t, r in evaluate_multitask(model, seen, tasks, batch_size=64, device=device).items()}
+
+
 def run_seed(cfg: ColdFusionConfig, seed: int, tick: Progress = lambda n, d: None,
              on_iteration: Callable[[int, State], None] | None = None) -> tuple[dict, State, dict[str, State]]:
     """Plain ColD Fusion for one seed, its held-out curve, and the evaluation of both bodies.
@@ -94,6 +107,7 @@ def run_seed(cfg: ColdFusionConfig, seed: int, tick: Progress = lambda n, d: Non
     held = {t: data[t] for t in cfg.held_out}
     at = set(curve_iterations(cfg))
     curve: list[dict] = []
+    seen_curve: list[dict] = []
     original: dict[str, State] = {}
     curve_seconds = 0.0
 
@@ -103,6 +117,9 @@ def run_seed(cfg: ColdFusionConfig, seed: int, tick: Progress = lambda n, d: Non
             original["body"] = {k: v.clone() for k, v in body.items()}
         if on_iteration:
             on_iteration(it, body)
+        t0 = time.perf_counter()
+        seen_curve.append({"iteration": it, "accuracy": seen_accuracy(suite, body, heads, seen, cfg.device)})
+        curve_seconds += time.perf_counter() - t0
         if it not in at:
             return
         t0 = time.perf_counter()
@@ -138,6 +155,7 @@ def run_seed(cfg: ColdFusionConfig, seed: int, tick: Progress = lambda n, d: Non
         "original": orig_eval,
         "eval": {"plain": plain_eval},
         "curve": curve,
+        "seen_curve": seen_curve,
         "seconds": {"fusion": fusion_seconds, "curve": curve_seconds, "evaluation": time.perf_counter() - t0},
     }
     if cfg.grouping != "none":

@@ -4,7 +4,9 @@ The contributors are in-process Flower nodes (`testbed.inprocess.InProcessGrid`)
 one seen dataset (the text suite's `one-per-client` partition); `coordinator.loop.Coordinator`
 runs the rounds with `mode = mas | dynamic`: all-in-one (= plain ColD Fusion) until
 `split_round`, then one body per task group chosen from the measured affinity. Per round it
-samples `contributors / datasets` of each group's clients (`fraction`).
+samples `contributors / datasets` of the clients (`fraction`); a round that measures adds the
+holders of the undrawn datasets as measure-only probes (`affinity_coverage`), so every pair is
+measured while the round trains only what it drew.
 
 Affinity in this setting: no contributor ever trains two datasets together, so every pair is
 measured across clients, from the per-task gradient summaries the sampled contributors return in
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.coldfusion.config import ColdFusionConfig
+from strategies.affinity.summaries import window_steps
 from strategies.fusion import State, fuse_states
 
 SUITE_FILE = """# Written by `fedmtl coldfusion`: the text suite of this experiment, loadable by every client.
@@ -61,6 +64,7 @@ def run_config(cfg: ColdFusionConfig, seed: int, suite: str, out: Path) -> dict:
         "local-steps": cfg.local_steps, "batch-size": cfg.batch_size, "lr": cfg.lr, "optimizer": cfg.optimizer,
         "fusion": "uniform",
         "split-round": cfg.split_round, "max-groups": cfg.max_groups, "regroup-every": cfg.regroup_every,
+        "affinity-coverage": cfg.affinity_coverage,
         "device": cfg.device, "plots": False, "checkpoint-keep": 1, "out": str(out),
         "min-clients-timeout": 60.0,
     }
@@ -98,6 +102,10 @@ def run_grouped(cfg: ColdFusionConfig, seed: int, tick=lambda n, d: None, workdi
         "affinity_seconds": sum(float((r.get("compute") or {}).get("affinity_seconds", 0.0)) for r in rounds),
         "client_trainings": sum(len(r.get("clients", [])) for r in rounds),
         "clients_per_round": [r.get("clients", []) for r in rounds],
+        # measure-only coverage (`affinity-coverage = "probe"`): gradient windows, no training
+        "client_probes": sum(len((r.get("compute") or {}).get("probes", [])) for r in rounds),
+        "probes_per_round": [(r.get("compute") or {}).get("probes", []) for r in rounds],
+        "probe_steps": window_steps(run_cfg.affinity_steps, 1),
         "affinity": measured[-1]["tracked"] if measured else None,
         "affinity_signal": measured[-1].get("signal") if measured else None,
         "affinity_coverage": measured[-1]["coverage"]["summary"] if measured else None,

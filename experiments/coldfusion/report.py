@@ -156,4 +156,11 @@ def write_results(results: list[dict], out: Path) -> dict[str, Path]:
         summ["grouped"] = summary(results, "grouped")
     paths["summary"].write_text(json.dumps(summ, indent=1) + "\n")
     plot_curve(results, paths["plot"])
+    grouped = [r for r in results if "grouped" in r.get("eval", {})]
+    if grouped:
+        from experiments.coldfusion.report_grouped import plot_compute  # noqa: PLC0415
+
+        made = plot_compute(grouped, out / "seen_per_compute.png")
+        if made is not None:
+            paths["compute_plot"] = made
     return paths

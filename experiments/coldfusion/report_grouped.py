@@ -7,6 +7,8 @@ original MiniLM of the same seed); plain-only seeds stay in the plain tables.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from experiments.coldfusion.report import LABELS, rows
@@ -85,7 +87,92 @@ def _groups_over_rounds(groups_per_round: list[list[list[str]]]) -> str:
                      for a, b, groups in spans)
 
 
-def grouped_markdown(results: list[dict], cfg) -> str:
+def compute_curves(r: dict) -> dict[str, tuple[list[int], list[float]]] | None:
+    """Per method, (cumulative client steps, mean seen accuracy) after each iteration / round.
+
+    Client steps count every contributor's local steps and every probe's gradient window (a
+    probe step is a forward and backward pass with no optimizer step, so this slightly
+    over-counts probes). None when the seed's results predate the seen-accuracy curves."""
+    g = r.get("grouped", {})
+    if "seen_curve" not in r or "seen_accuracy_per_round" not in g:
+        return None
+    cfg = r["config"]
+    plain_x, plain_y = [], []
+    for point in r["seen_curve"]:
+        plain_x.append(point["iteration"] * cfg["contributors"] * cfg["local_steps"])
+        plain_y.append(float(np.mean(list(point["accuracy"].values()))))
+    probes = g.get("probes_per_round") or [[] for _ in g["clients_per_round"]]
+    grouped_x, grouped_y, steps = [], [], 0
+    for rnd, acc in enumerate(g["seen_accuracy_per_round"]):
+        steps += len(g["clients_per_round"][rnd]) * cfg["local_steps"] + len(probes[rnd]) * g.get("probe_steps", 0)
+        values = [v for v in acc.values() if v is not None]
+        if values:
+            grouped_x.append(steps)
+            grouped_y.append(float(np.mean(values)))
+    return {"plain": (plain_x, plain_y), "grouped": (grouped_x, grouped_y)}
+
+
+def _reached(curve: tuple[list[int], list[float]], target: float) -> int | None:
+    """The client steps after which `curve` first reaches `target` (None: never)."""
+    return next((x for x, y in zip(*curve) if y >= target - 1e-12), None)
+
+
+def compute_table(results: list[dict]) -> str:
+    """Seen accuracy (the datasets' own heads) per unit of client compute, plain against grouped,
+    and the compute grouped needs to reach plain's final accuracy."""
+    lines = ["| seed | after | plain: client steps | plain: seen accuracy | grouped: client steps | "
+             "grouped: seen accuracy |", "|---|---|---|---|---|---|"]
+    reach = []
+    for r in results:
+        curves = compute_curves(r)
+        if curves is None:
+            continue
+        (px, py), (gx, gy) = curves["plain"], curves["grouped"]
+        for i in range(max(len(px), len(gx))):
+            cell = lambda xs, ys: (f"{xs[i]}", f"{100 * ys[i]:.1f}") if i < len(xs) else ("", "")  # noqa: E731
+            lines.append(f"| {r['seed']} | iteration {i} | " + " | ".join((*cell(px, py), *cell(gx, gy))) + " |")
+        target = py[-1]
+        reach.append((r["seed"], target, _reached(curves["grouped"], target), px[-1], gy[-1], gx[-1]))
+    if not reach:
+        return ""
+    words = []
+    for seed, target, at, plain_total, g_final, g_total in reach:
+        got = (f"reached it after {at} client steps ({100 * at / plain_total:.0f}% of plain's {plain_total})"
+               if at is not None else "did not reach it")
+        words.append(f"seed {seed}: plain ends at {100 * target:.1f}%; grouped {got}, and ends at "
+                     f"{100 * g_final:.1f}% after {g_total} steps")
+    return "\n".join(lines) + "\n\nCompute to reach plain's final seen accuracy: " + "; ".join(words) + "."
+
+
+def plot_compute(results: list[dict], path: Path) -> Path | None:
+    """PNG: mean seen accuracy against cumulative client steps, plain and grouped, one line per seed."""
+    curves = [(r["seed"], c) for r in results if (c := compute_curves(r)) is not None]
+    if not curves:
+        return None
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    styles = {"plain": ("tab:blue", "o"), "grouped": ("tab:green", "s")}
+    for seed, c in curves:
+        for method, (colour, marker) in styles.items():
+            xs, ys = c[method]
+            ax.plot(xs, [100 * y for y in ys], marker=marker, color=colour, alpha=0.85,
+                    label=f"{method} ColD, seed {seed}")
+    ax.set_xlabel(f"cumulative client steps (batch {results[0]['config']['batch_size']}; probes' gradient windows included)")
+    ax.set_ylabel("seen datasets: mean test accuracy (%)")
+    ax.set_title("Seen accuracy per unit of client compute")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def grouped_markdown(results: list[dict], cfg, compute_plot: str | None = None) -> str:
     """Everything the report says about grouped ColD Fusion (empty when no seed ran it)."""
     mine = [r for r in results if "grouped" in r and "grouped" in r["eval"]]
     if not mine:
@@ -105,7 +192,10 @@ def grouped_markdown(results: list[dict], cfg) -> str:
             "",
             (f"Client compute (every training is {cfg.local_steps} steps of {cfg.batch_size}): grouped "
              f"{g['client_trainings']} contributor trainings, "
-             f"{g['client_trainings'] * cfg.local_steps * cfg.batch_size} examples, {g['train_seconds']:.0f} s of client "
+             f"{g['client_trainings'] * cfg.local_steps * cfg.batch_size} examples"
+             + (f", plus {g['client_probes']} measure-only probes of {g.get('probe_steps', 0)} gradient steps each"
+                if g.get("client_probes") else "")
+             + f", {g['train_seconds']:.0f} s of client "
              f"training plus {g.get('affinity_seconds', 0.0):.1f} s of affinity measurement; plain {plain_trainings} "
              f"trainings, {plain_examples} examples, {plain_seconds:.0f} s (fusion iterations, one process)."),
             "",
@@ -118,4 +208,10 @@ def grouped_markdown(results: list[dict], cfg) -> str:
     out += [f"Grouped vs plain, average accuracy %, mean ± sd over {len(mine)} seed(s) (same seeds, paired):", "",
             comparison_table(mine), "", "Seen datasets one by one (group = final group index):", "",
             per_dataset_seen(mine)]
+    per_compute = compute_table(mine)
+    if per_compute:
+        out += ["", "Seen accuracy per unit of client compute (each dataset's own head on its test split, as the "
+                "federation serves it; mean over the seen datasets):", "", per_compute]
+        if compute_plot:
+            out += ["", f"![seen accuracy per client compute]({compute_plot})"]
     return "\n".join(out)
