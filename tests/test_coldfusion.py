@@ -129,7 +129,8 @@ def test_seen_accuracy_per_client_compute_compares_plain_and_grouped(tmp_path):
     assert curves["plain"] == ([0, 20, 40], [0.5, 0.6, 0.7])
     assert curves["grouped"][0] == [0, 15, 35] and curves["grouped"][1] == pytest.approx([0.5, 0.75, 0.8])
     table = compute_table([r])
-    assert "grouped reached it after 15 client steps (38% of plain's 40)" in table
+    assert "reached it after 15 client steps (38% of plain's 40)" in table
+    assert "grouped at the same 40 steps 80.0% (interpolated)" in table
     assert plot_compute([r], tmp_path / "p.png").stat().st_size > 1000
     assert compute_curves({"seed": 1, "config": r["config"], "grouped": {}}) is None  # older results: no curves
 

@@ -132,14 +132,16 @@ def compute_table(results: list[dict]) -> str:
             cell = lambda xs, ys: (f"{xs[i]}", f"{100 * ys[i]:.1f}") if i < len(xs) else ("", "")  # noqa: E731
             lines.append(f"| {r['seed']} | iteration {i} | " + " | ".join((*cell(px, py), *cell(gx, gy))) + " |")
         target = py[-1]
-        reach.append((r["seed"], target, _reached(curves["grouped"], target), px[-1], gy[-1], gx[-1]))
+        same = float(np.interp(px[-1], gx, gy))
+        reach.append((r["seed"], target, _reached(curves["grouped"], target), px[-1], gy[-1], gx[-1], same))
     if not reach:
         return ""
     words = []
-    for seed, target, at, plain_total, g_final, g_total in reach:
+    for seed, target, at, plain_total, g_final, g_total, same in reach:
         got = (f"reached it after {at} client steps ({100 * at / plain_total:.0f}% of plain's {plain_total})"
                if at is not None else "did not reach it")
-        words.append(f"seed {seed}: plain ends at {100 * target:.1f}%; grouped {got}, and ends at "
+        words.append(f"seed {seed}: plain ends at {100 * target:.1f}% after {plain_total} steps; grouped at the same "
+                     f"{plain_total} steps {100 * same:.1f}% (interpolated), {got}, and ends at "
                      f"{100 * g_final:.1f}% after {g_total} steps")
     return "\n".join(lines) + "\n\nCompute to reach plain's final seen accuracy: " + "; ".join(words) + "."
 
