@@ -113,14 +113,30 @@ def curve(results: list[dict], metric: str = "probe") -> tuple[list[int], np.nda
     return iterations, np.asarray(gains)
 
 
-def plot_curve(results: list[dict], path: Path) -> Path:
-    """PNG: held-out gain of the fused body over iterations (probe and few-shot probe), mean ± sd over seeds."""
+def figure():
+    """A (figure, axes) pair for the report's plots (headless backend)."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    return plt.subplots(figsize=(6.4, 4.0), dpi=110)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write `fig` to `path` (PNG) and free it."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_curve(results: list[dict], path: Path) -> Path:
+    """PNG: held-out gain of the fused body over iterations (probe and few-shot probe), mean ± sd over seeds."""
+    fig, ax = figure()
     for metric, colour in (("probe", "tab:blue"), ("fewshot_probe", "tab:orange")):
         its, g = curve(results, metric)
         mean, sd = g.mean(0), g.std(0, ddof=1) if len(g) > 1 else np.zeros(g.shape[1])
@@ -132,11 +148,7 @@ def plot_curve(results: list[dict], path: Path) -> Path:
     ax.set_ylabel("held-out gain over MiniLM (points)")
     ax.set_title(f"ColD-Frozen on {len(results[0]['curve'][0]['probe'])} held-out datasets, {len(results)} seed(s)")
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_results(results: list[dict], out: Path) -> dict[str, Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.coldfusion.report import LABELS, rows
+from experiments.coldfusion.report import LABELS, figure, rows, save_figure
 
 BLOCKS = (("seen", ("probe", "finetune")), ("held_out", ("probe", "finetune", "fewshot_probe", "fewshot_finetune")))
 
@@ -151,12 +151,7 @@ def plot_compute(results: list[dict], path: Path) -> Path | None:
     curves = [(r["seed"], c) for r in results if (c := compute_curves(r)) is not None]
     if not curves:
         return None
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    fig, ax = figure()
     styles = {"plain": ("tab:blue", "o"), "grouped": ("tab:green", "s")}
     for seed, c in curves:
         for method, (colour, marker) in styles.items():
@@ -167,11 +162,7 @@ def plot_compute(results: list[dict], path: Path) -> Path | None:
     ax.set_ylabel("seen datasets: mean test accuracy (%)")
     ax.set_title("Seen accuracy per unit of client compute")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def grouped_markdown(results: list[dict], cfg, compute_plot: str | None = None) -> str:
