@@ -153,10 +153,11 @@ def plot_compute(results: list[dict], path: Path) -> Path | None:
         return None
     fig, ax = figure()
     styles = {"plain": ("tab:blue", "o"), "grouped": ("tab:green", "s")}
-    for seed, c in curves:
+    dashes = ("-", "--", ":", "-.")
+    for i, (seed, c) in enumerate(curves):
         for method, (colour, marker) in styles.items():
             xs, ys = c[method]
-            ax.plot(xs, [100 * y for y in ys], marker=marker, color=colour, alpha=0.85,
+            ax.plot(xs, [100 * y for y in ys], marker=marker, color=colour, alpha=0.85, ls=dashes[i % len(dashes)],
                     label=f"{method} ColD, seed {seed}")
     ax.set_xlabel(f"cumulative client steps (batch {results[0]['config']['batch_size']}; probes' gradient windows included)")
     ax.set_ylabel("seen datasets: mean test accuracy (%)")
