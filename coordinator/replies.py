@@ -377,8 +377,8 @@ def read_probe(reply: Message, sent: Sent, client: ClientInfo, ask: AffinityAsk,
     asked = list(sent.tasks)
     _, losses, seconds, steps, problems = _bookkeeping(metrics, asked, client)
     plain = dict(metrics)
-    if any(k.startswith(f"{signal}.") for signal in SIGNALS for k in plain):
-        problems.append("affinity: virtual-step measurements a probe was not asked for")
+    _, more = _read_affinity_stats(plain, asked, steps, NOTHING)  # a probe is never asked for virtual steps
+    problems += more
     gradients, more = _read_gradient_report(records[P.AFFINITY], plain, asked, steps, ask, client.name, sent.gid)
     problems += more
     if gradients is None and not problems:

@@ -188,7 +188,7 @@ def test_forged_test_scores_sent_with_training_are_refused_named_and_change_noth
 
 PROBE = sorted(b for b in hostile.BEHAVIOURS if b.startswith("p-"))
 PROBE_REASONS = {"p-model": "unexpected record 'model' (a measure-only reply carries no model)",
-                 "p-no-summary": "missing record 'affinity'", "p-virtual": "virtual-step measurements a probe"}
+                 "p-no-summary": "missing record 'affinity'", "p-virtual": "virtual-step measurements this message did not ask for"}
 
 
 def test_forged_probe_replies_are_refused_named_and_never_fused(tmp_path):

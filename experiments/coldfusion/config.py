@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from coordinator.config import AFFINITY_COVERAGES
 from tasks.text.suite import HELD_OUT_TASKS, SEEN_TASKS, TextSuiteConfig
 
 GROUPINGS = ("none", "mas", "dynamic")
 # Fields only grouped ColD Fusion reads: plain results of a seed do not depend on them.
 GROUPED_FIELDS = ("grouping", "split_round", "max_groups", "regroup_every", "affinity_coverage")
-AFFINITY_COVERAGES = ("probe", "train", "none")  # coordinator.config: the run-config key affinity-coverage
 
 
 @dataclass(frozen=True)
